@@ -1,0 +1,232 @@
+"""Geometry-safe image I/O and atomic file writes.
+
+Every file medattn writes goes through :func:`atomic_write`, so an interrupted run never
+leaves a truncated file behind: data go to a temporary file in the destination folder,
+which is renamed over the target only once it is complete (``os.replace`` is atomic on
+one file system).
+
+Images are read with SimpleITK, which handles NIfTI, NRRD, MHA and DICOM alike, and are
+returned as numpy arrays in SimpleITK's (z, y, x) order together with their
+:class:`Geometry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+#: File name endings medattn treats as images, longest first so ".nii.gz" wins over ".gz".
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file."""
+
+
+class GeometryMismatchError(ValueError):
+    """Two images that must share a grid do not; the message names the field and values."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The physical grid of an image, in SimpleITK's conventions.
+
+    Attributes:
+        shape: array shape in (z, y, x) order, as returned by ``GetArrayFromImage``.
+        spacing: voxel size in mm, in (x, y, z) order.
+        origin: physical position of the first voxel, (x, y, z).
+        direction: row-major direction cosine matrix, flattened.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image) -> "Geometry":
+        """Geometry of a ``SimpleITK.Image``."""
+        return cls(
+            shape=tuple(reversed(image.GetSize())),
+            spacing=tuple(image.GetSpacing()),
+            origin=tuple(image.GetOrigin()),
+            direction=tuple(image.GetDirection()),
+        )
+
+    def apply_to(self, image) -> None:
+        """Copy spacing, origin and direction onto a ``SimpleITK.Image`` of this shape."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, ...]:
+        """Spacing in array (z, y, x) order, the order distance transforms need."""
+        return tuple(reversed(self.spacing))
+
+
+def check_same_geometry(
+    reference: Geometry,
+    other: Geometry,
+    *,
+    names: tuple[str, str] = ("reference", "other"),
+    context: str = "",
+    atol: float = 1e-3,
+    rtol: float = 1e-4,
+) -> None:
+    """Raise :class:`GeometryMismatchError` unless both grids agree within tolerance.
+
+    Args:
+        reference: the geometry the other must match.
+        other: the geometry being checked.
+        names: how to call the two images in the message.
+        context: prefix for the message, typically the case or file name.
+        atol: absolute tolerance for spacing, origin (mm) and direction cosines.
+        rtol: relative tolerance for spacing and origin.
+
+    Raises:
+        GeometryMismatchError: naming the first field that differs and both values.
+    """
+    prefix = f"{context}: " if context else ""
+    if reference.shape != other.shape:
+        raise GeometryMismatchError(
+            f"{prefix}shape differs: {names[0]} {reference.shape} vs {names[1]} {other.shape}"
+        )
+    for field in ("spacing", "origin", "direction"):
+        a = np.asarray(getattr(reference, field), dtype=float)
+        b = np.asarray(getattr(other, field), dtype=float)
+        if a.shape != b.shape or not np.allclose(a, b, atol=atol, rtol=rtol):
+            raise GeometryMismatchError(
+                f"{prefix}{field} differs: {names[0]} {_fmt(a)} vs {names[1]} {_fmt(b)}"
+            )
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values.ravel()) + ")"
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image suffix of ``path`` (".nii.gz", ".nrrd", ...) or "" if it is not an image."""
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """File name without its image suffix: ``case_01.nii.gz`` gives ``case_01``."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else Path(name).stem
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p))
+
+
+def read_image(path: str | os.PathLike):
+    """Read an image with SimpleITK.
+
+    Returns:
+        ``(array, geometry)``: the voxel array in (z, y, x) order and its :class:`Geometry`.
+
+    Raises:
+        ImageReadError: if the file is missing, unreadable or corrupt, naming the file.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+    except RuntimeError as err:  # SimpleITK reports every read failure as RuntimeError
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+        raise ImageReadError(f"{path}: cannot read image ({first_line})") from err
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"{path}: expected a single-channel image, got "
+            f"{image.GetNumberOfComponentsPerPixel()} components per voxel"
+        )
+    return array, Geometry.of(image)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
+    """Write ``array`` with ``geometry`` to ``path`` atomically (format from the suffix).
+
+    Raises:
+        GeometryMismatchError: if the array's shape is not the geometry's shape.
+    """
+    import SimpleITK as sitk
+
+    array = np.asarray(array)
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise GeometryMismatchError(
+            f"{path}: array shape {tuple(array.shape)} does not match geometry shape {geometry.shape}"
+        )
+    image = sitk.GetImageFromArray(array)
+    geometry.apply_to(image)
+    with atomic_write(path, suffix=image_suffix(path) or Path(path).suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    The temporary name keeps ``suffix`` (e.g. ".nii.gz") because writers such as
+    SimpleITK choose the format from the file name. On any exception the temporary file
+    is removed and ``path`` is left untouched.
+
+    Example:
+        >>> with atomic_write("out/metrics.csv") as tmp:  # doctest: +SKIP
+        ...     tmp.write_text("case,label\\n")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix or "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; NaN is written as ``null``."""
+    import json
+
+    return write_text_atomic(path, json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n")
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _nan_to_none(obj.item())
+    return obj

@@ -1,0 +1,1 @@
+"""Dice / HD95 evaluation with reports."""

@@ -1,0 +1,1 @@
+"""MONAI networks with attention blocks in the encoder."""

@@ -1,0 +1,1 @@
+"""The nnU-Net v2 engine: networks built on nnU-Net's plans with attention inserted."""

@@ -1,0 +1,1 @@
+"""nnU-Net trainer modules only: this folder is what ``nnUNet_extTrainer`` points at."""

@@ -1,0 +1,1 @@
+"""End-to-end pipelines (demo, training entry points, benchmarks); installed as ``medattn.pipelines``."""

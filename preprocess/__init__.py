@@ -1,0 +1,1 @@
+"""Data converters to nnU-Net raw datasets; installed as ``medattn.preprocess``."""
