@@ -15,7 +15,8 @@ import sys
 COMMAND_MODULES = (
     "medattn.preprocess.cli",  # convert
     "medattn.nnunet.cli",  # nnunet
-    "medattn.pipelines.cli",  # train, demo
+    "medattn.networks.cli",  # train (monai)
+    "medattn.pipelines.cli",  # demo
     "medattn.inference.cli",  # predict
     "medattn.evaluation.cli",  # evaluate
     "medattn.bench",  # bench
