@@ -1,0 +1,476 @@
+"""Evaluate folders of label images: :func:`evaluate_folders`.
+
+Cases are paired by file name without its image suffix (``case_01.nii.gz`` in the
+prediction folder goes with ``case_01.nii.gz`` or ``case_01.nrrd`` in the ground-truth
+folder). Every file SimpleITK reads is accepted (NIfTI, NRRD, MHA).
+
+Before any metric is computed, all pairs are checked: missing predictions, and shape,
+spacing, origin and direction of every pair (from the file headers). Then the cases are
+evaluated, in parallel with ``jobs > 1``. Every problem found is collected, and the run
+fails with one :class:`EvaluationError` that lists them all; outputs are only written
+when every case succeeded, each file atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from medattn.data.io import (
+    Geometry,
+    ImageReadError,
+    case_name,
+    check_same_geometry,
+    list_images,
+    read_image,
+)
+from medattn.evaluation.conventions import DESCRIPTIONS, check_convention, empty_case_scores, grid_diagonal
+from medattn.evaluation.labels import LabelMap, default_name, parse_label_map
+from medattn.evaluation.metrics import METRIC_COLUMNS, label_metrics
+from medattn.evaluation.stats import overall_means, paired_comparison, per_class_summary
+
+SPACING_MODES = ("image", "voxel")
+
+#: Columns of ``metrics.csv``, in order.
+CSV_COLUMNS = ("case", "label", "name") + METRIC_COLUMNS
+
+# Label values above this are looked up with np.unique rather than find_objects, whose
+# result has one entry per value up to the maximum.
+_MAX_DENSE_LABEL = 100_000
+
+
+class EvaluationError(ValueError):
+    """One or more cases could not be evaluated; ``problems`` lists one message per problem."""
+
+    def __init__(self, summary: str, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{summary}:\n{lines}" if self.problems else summary)
+
+
+class MissingPredictionsError(EvaluationError):
+    """Ground-truth cases have no prediction (and ``missing_as_empty`` is off)."""
+
+
+class LabelValueError(ValueError):
+    """A label image holds values that are not valid labels; the message names the file."""
+
+
+@dataclass
+class EvaluationResult:
+    """Tables of one evaluation, the same as the files written to ``out_dir``.
+
+    Attributes:
+        metrics: long table, one row per case and label, columns :data:`CSV_COLUMNS`.
+        per_class: one row per label with ``<metric>_mean/_std/_n/_excluded``.
+        mean: mean over classes of the per-class means, per metric.
+        summary: everything above plus the settings, as written to ``summary.json``.
+        compare_metrics: ``metrics`` of the ``compare`` folder, or None.
+        compare_per_class: ``per_class`` of the ``compare`` folder, or None.
+        comparison: paired comparison (see :func:`medattn.evaluation.stats.paired_comparison`),
+            or None.
+        written: output name to path, filled by :meth:`write`.
+    """
+
+    metrics: "object"
+    per_class: "object"
+    mean: dict[str, float]
+    summary: dict
+    compare_metrics: "object | None" = None
+    compare_per_class: "object | None" = None
+    comparison: "object | None" = None
+    written: dict[str, Path] = field(default_factory=dict)
+
+    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write metrics.csv, summary.json, report.md and report.html (and the comparison
+        tables) into ``out_dir``, each atomically; returns name to path."""
+        from medattn.evaluation.report import write_outputs
+
+        self.written = write_outputs(self, out_dir)
+        return self.written
+
+
+@dataclass(frozen=True)
+class _CaseTask:
+    case: str
+    gt_path: Path
+    pred_paths: tuple[Path | None, ...]  # the predictions, then the compared predictions
+    scored: tuple[int, ...] | None  # None: every foreground value found in the case
+    valid_values: frozenset[int] | None  # None: no label map, checked after all cases
+    voxel_units: bool
+    convention: str
+
+
+@dataclass
+class _CaseResult:
+    case: str
+    gt_values: set[int]
+    pred_values: list[set[int]]
+    metrics: list[dict[int, dict[str, float]]]
+    diagonal: float
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    labels: "str | os.PathLike | Mapping[int, str] | LabelMap | None" = None,
+    convention: str = "nnunet",
+    spacing: str = "image",
+    compare: str | os.PathLike | None = None,
+    jobs: int = 1,
+    missing_as_empty: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every prediction in ``pred_dir`` against ``gt_dir`` (Dice, HD95, ASSD, volumes).
+
+    Args:
+        pred_dir: folder of predicted label images.
+        gt_dir: folder of ground-truth label images; every case in it is scored.
+        labels: label map (``dataset.json``-style path, inline ``"1=aorta,2=liver"``, a
+            ``{value: name}`` mapping or a :class:`LabelMap`). None: the union of the
+            non-zero values of the ground truth, named ``label_<k>``.
+        convention: empty-mask convention, "transunet", "nnunet" or "strict"
+            (see :mod:`medattn.evaluation.conventions`).
+        spacing: "image" for distances in mm and volumes in mm³ from the image spacing,
+            "voxel" for both in voxels (as TransUNet did).
+        compare: a second prediction folder scored against the same ground truth and
+            compared with ``pred_dir`` case by case (A = ``pred_dir``, B = ``compare``).
+        jobs: worker processes; 0 uses every CPU.
+        missing_as_empty: score a missing prediction as an empty mask instead of failing.
+        out_dir: if given, write metrics.csv, summary.json, report.md and report.html there.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        The :class:`EvaluationResult`.
+
+    Raises:
+        ValueError: for a bad argument.
+        LabelMapError: for a malformed label map.
+        MissingPredictionsError: listing the cases without a prediction.
+        EvaluationError: listing every case that failed (unreadable file, geometry
+            mismatch naming the field and both values, label values outside the map).
+    """
+    check_convention(convention)
+    if spacing not in SPACING_MODES:
+        raise ValueError(f"unknown spacing mode {spacing!r}; choose one of {list(SPACING_MODES)}")
+    if not isinstance(jobs, int) or jobs < 0:
+        raise ValueError(f"jobs must be a non-negative integer, got {jobs!r}")
+    label_map = parse_label_map(labels) if labels is not None else None
+    gt_cases = _cases_in(gt_dir, "ground-truth")
+    if not gt_cases:
+        raise EvaluationError(f"{gt_dir}: no ground-truth images found", [])
+    pred_folders = [Path(pred_dir)] + ([Path(compare)] if compare is not None else [])
+    pred_cases = [_cases_in(folder, "prediction") for folder in pred_folders]
+    for folder, cases in zip(pred_folders, pred_cases):
+        missing = sorted(set(gt_cases) - set(cases))
+        if missing and not missing_as_empty:
+            raise MissingPredictionsError(
+                f"{folder}: {len(missing)} of {len(gt_cases)} ground-truth cases have no prediction "
+                "(use --missing-as-empty to score them as empty masks)",
+                missing,
+            )
+    unmatched = {str(folder): sorted(set(cases) - set(gt_cases)) for folder, cases in zip(pred_folders, pred_cases)}
+
+    tasks = [
+        _CaseTask(
+            case=case,
+            gt_path=gt_path,
+            pred_paths=tuple(cases.get(case) for cases in pred_cases),
+            scored=label_map.scored if label_map else None,
+            valid_values=label_map.valid_values if label_map else None,
+            voxel_units=spacing == "voxel",
+            convention=convention,
+        )
+        for case, gt_path in sorted(gt_cases.items())
+    ]
+    problems = _check_headers(tasks)
+    if problems:
+        raise EvaluationError(f"{len(problems)} case(s) do not match their ground truth", problems)
+    results, problems = _run(tasks, jobs, progress)
+    if problems:
+        raise EvaluationError(f"{len(problems)} case(s) failed", problems)
+
+    if label_map is None:
+        scored = sorted(set().union(*(r.gt_values for r in results)))
+        if not scored:
+            raise EvaluationError(f"{gt_dir}: the ground truth holds no foreground label; pass a label map", [])
+        names = {k: default_name(k) for k in scored}
+        problems = [
+            f"{task.pred_paths[i]}: label values {sorted(extra)} do not occur in any ground truth "
+            "(pass a label map to score them)"
+            for task, result in zip(tasks, results)
+            for i, values in enumerate(result.pred_values)
+            if (extra := values - set(scored))
+        ]
+        if problems:
+            raise EvaluationError("predictions hold labels outside the ground truth", problems)
+    else:
+        scored = list(label_map.scored)
+        names = dict(label_map.names)
+
+    tables = [_long_table(results, i, scored, names, convention) for i in range(len(pred_folders))]
+    per_class = [per_class_summary(table, scored, names) for table in tables]
+    means = [overall_means(table) for table in per_class]
+    comparison = paired_comparison(tables[0], tables[1], scored, names) if compare is not None else None
+    units = {"distance": "voxels" if spacing == "voxel" else "mm", "volume": "voxels" if spacing == "voxel" else "mm3"}
+    summary = _summary(
+        pred_folders, gt_dir, label_map, scored, names, convention, spacing, units,
+        [r.case for r in results], per_class, means, comparison, unmatched,
+    )
+    result = EvaluationResult(
+        metrics=tables[0],
+        per_class=per_class[0],
+        mean=means[0],
+        summary=summary,
+        compare_metrics=tables[1] if compare is not None else None,
+        compare_per_class=per_class[1] if compare is not None else None,
+        comparison=comparison,
+    )
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a label image and check that it holds non-negative integers.
+
+    Float images are accepted when every value is a whole number (some tools store
+    labels as float32) and converted to the smallest integer type that holds them.
+
+    Returns:
+        ``(labels, geometry)`` with an unsigned or signed integer array.
+
+    Raises:
+        ImageReadError: if the file cannot be read.
+        LabelValueError: for NaN, infinite, fractional or negative values, naming the file.
+    """
+    array, geometry = read_image(path)
+    return as_label_array(array, str(path)), geometry
+
+
+def as_label_array(array: np.ndarray, source: str) -> np.ndarray:
+    """``array`` as non-negative integer labels; ``source`` names it in errors.
+
+    Raises:
+        LabelValueError: for NaN, infinite, fractional or negative values or a non-numeric dtype.
+    """
+    kind = array.dtype.kind
+    if kind == "b":
+        return array.view(np.uint8)
+    if kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            n_nan = int(np.isnan(array).sum())
+            raise LabelValueError(
+                f"{source}: {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite voxels; "
+                "a label image holds whole numbers"
+            )
+        fractional = array != np.floor(array)
+        if fractional.any():
+            examples = np.unique(array[fractional])[:5].tolist()
+            raise LabelValueError(f"{source}: non-integer label values, e.g. {examples}")
+        low, high = float(array.min()), float(array.max())
+        if low < 0:
+            raise LabelValueError(f"{source}: negative label values, e.g. {np.unique(array[array < 0])[:5].tolist()}")
+        return array.astype(np.min_scalar_type(int(high)))
+    if kind not in "iu":
+        raise LabelValueError(f"{source}: a label image holds integers, got dtype {array.dtype}")
+    if kind == "i" and array.size and array.min() < 0:
+        raise LabelValueError(f"{source}: negative label values, e.g. {np.unique(array[array < 0])[:5].tolist()}")
+    return array
+
+
+def _cases_in(folder, role: str) -> dict[str, Path]:
+    images = list_images(folder)
+    cases: dict[str, Path] = {}
+    for path in images:
+        name = case_name(path)
+        if name in cases:
+            raise EvaluationError(
+                f"{folder}: two {role} files for case {name!r}", [str(cases[name]), str(path)]
+            )
+        cases[name] = path
+    return cases
+
+
+def _read_header(path: Path) -> Geometry:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise ImageReadError(f"{path}: cannot read image header ({lines[-1] if lines else 'unknown error'})") from err
+    return Geometry(
+        shape=tuple(reversed(reader.GetSize())),
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+    )
+
+
+def _check_headers(tasks: Sequence[_CaseTask]) -> list[str]:
+    """Geometry of every pair, from the headers only, so mismatches show before any work."""
+    problems = []
+    for task in tasks:
+        try:
+            gt_geometry = _read_header(task.gt_path)
+            for pred_path in task.pred_paths:
+                if pred_path is not None:
+                    check_same_geometry(
+                        gt_geometry, _read_header(pred_path), names=("ground truth", "prediction"),
+                        context=f"{task.case}: {pred_path} vs {task.gt_path}",
+                    )
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _run(tasks: Sequence[_CaseTask], jobs: int, progress: bool) -> tuple[list[_CaseResult], list[str]]:
+    from tqdm.auto import tqdm
+
+    jobs = (os.cpu_count() or 1) if jobs == 0 else jobs
+    results: dict[str, _CaseResult] = {}
+    problems: list[str] = []
+    bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
+    try:
+        if jobs == 1 or len(tasks) == 1:
+            for task in tasks:
+                _collect(task.case, lambda t=task: _evaluate_case(t), results, problems)
+                bar.update()
+        else:
+            import multiprocessing
+
+            # spawn, not fork: the caller may hold torch threads (medattn predict).
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+                futures = {pool.submit(_evaluate_case, task): task.case for task in tasks}
+                for future in as_completed(futures):
+                    _collect(futures[future], future.result, results, problems)
+                    bar.update()
+    finally:
+        bar.close()
+    order = [task.case for task in tasks]
+    return [results[c] for c in order if c in results], sorted(problems)
+
+
+def _collect(case: str, get_result, results: dict, problems: list) -> None:
+    try:
+        results[case] = get_result()
+    except (ValueError, OSError) as err:  # bad input: report it with the others
+        problems.append(str(err))
+
+
+def _evaluate_case(task: _CaseTask) -> _CaseResult:
+    """Read one ground truth and its predictions and score every label (runs in a worker)."""
+    from scipy.ndimage import find_objects
+
+    gt, gt_geometry = read_label_image(task.gt_path)
+    gt_boxes, gt_values = _boxes_and_values(gt, find_objects)
+    _check_values(gt_values, task.valid_values, task.gt_path)
+    sampling = None if task.voxel_units else gt_geometry.spacing_zyx
+    pred_values, metrics = [], []
+    for pred_path in task.pred_paths:
+        if pred_path is None:  # missing, scored as empty
+            pred = np.zeros(gt.shape, dtype=np.uint8)
+            boxes, values = [], set()
+        else:
+            pred, geometry = read_label_image(pred_path)
+            check_same_geometry(
+                gt_geometry, geometry, names=("ground truth", "prediction"),
+                context=f"{task.case}: {pred_path} vs {task.gt_path}",
+            )
+            boxes, values = _boxes_and_values(pred, find_objects)
+            _check_values(values, task.valid_values, pred_path)
+        scored = task.scored if task.scored is not None else sorted(gt_values | values)
+        pred_values.append(values)
+        metrics.append(
+            label_metrics(pred, gt, scored, sampling, task.convention, pred_boxes=boxes, gt_boxes=gt_boxes)
+        )
+    return _CaseResult(task.case, gt_values, pred_values, metrics, grid_diagonal(gt.shape, sampling))
+
+
+def _boxes_and_values(labels: np.ndarray, find_objects) -> tuple[list | None, set[int]]:
+    top = int(labels.max()) if labels.size else 0
+    if top > _MAX_DENSE_LABEL:
+        values = {int(v) for v in np.unique(labels) if v != 0}
+        return None, values  # label_metrics finds the boxes of the scored labels itself
+    boxes = find_objects(labels, max_label=top) if top else []
+    return boxes, {i + 1 for i, box in enumerate(boxes) if box is not None}
+
+
+def _check_values(values: set[int], valid: frozenset[int] | None, path: Path) -> None:
+    if valid is None:
+        return
+    unknown = sorted(values - valid)
+    if unknown:
+        raise LabelValueError(
+            f"{path}: label values {unknown} are not in the label map (valid: {sorted(valid)})"
+        )
+
+
+def _long_table(results: Sequence[_CaseResult], index: int, scored, names, convention):
+    import pandas as pd
+
+    rows = []
+    for result in results:
+        computed = result.metrics[index]
+        for label in scored:
+            values = computed.get(label)
+            if values is None:  # absent from this case's images: both masks empty
+                empty = empty_case_scores(convention, True, True, result.diagonal)
+                values = {"dice": empty.dice, "hd95": empty.hd95, "assd": empty.assd,
+                          "vol_pred": 0.0, "vol_gt": 0.0, "vol_diff": 0.0, "rvd": math.nan}
+            rows.append({"case": result.case, "label": int(label), "name": names[label], **values})
+    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+
+
+def _summary(pred_folders, gt_dir, label_map, scored, names, convention, spacing, units, cases,
+             per_class, means, comparison, unmatched) -> dict:
+    from medattn import __version__
+
+    def class_block(table):
+        block = {}
+        for row in table.to_dict(orient="records"):
+            entry = {"label": row["label"]}
+            for key, value in row.items():
+                if key in ("label", "name"):
+                    continue
+                metric, _, stat = key.rpartition("_")
+                entry.setdefault(metric, {})[stat] = value
+            block[row["name"]] = entry
+        return block
+
+    summary = {
+        "medattn_version": __version__,
+        "pred_dir": str(pred_folders[0]),
+        "gt_dir": str(gt_dir),
+        "convention": convention,
+        "convention_rule": DESCRIPTIONS[convention],
+        "spacing": spacing,
+        "units": units,
+        "label_map": label_map.source if label_map else "ground-truth values",
+        "labels": {str(k): names[k] for k in scored},
+        "n_cases": len(cases),
+        "cases": cases,
+        "per_class": class_block(per_class[0]),
+        "mean": means[0],
+        "unmatched_predictions": unmatched,
+    }
+    if comparison is not None:
+        summary["compare"] = {
+            "pred_dir": str(pred_folders[1]),
+            "per_class": class_block(per_class[1]),
+            "mean": means[1],
+            "paired": comparison.to_dict(orient="records"),
+        }
+    return summary
