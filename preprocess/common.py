@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -57,7 +56,7 @@ def warn(message: str, report: "ConversionReport | None" = None) -> None:
 
 @dataclass
 class CaseFailure:
-    """One case that was skipped, with the reason."""
+    """One case that was skipped; ``message`` starts with the case name."""
 
     case: str
     message: str
@@ -95,7 +94,7 @@ class ConversionReport:
             lines.append(f"{len(self.warnings)} warning(s), printed above")
         if self.failed:
             lines.append(f"skipped {len(self.failed)} case(s):")
-            lines.extend(f"  {f.case}: {f.message}" for f in sorted(self.failed, key=lambda f: f.case))
+            lines.extend(f"  {f.message}" for f in sorted(self.failed, key=lambda f: f.case))
         return "\n".join(lines)
 
 
@@ -158,7 +157,7 @@ def _collect(name: str, call: Callable[[], Any], results: dict, failures: list) 
         results[name] = call()
     except (ValueError, OSError) as err:
         message = str(err)
-        failures.append(CaseFailure(name, message if name in message else f"{name}: {message}"))
+        failures.append(CaseFailure(name, message if message.startswith(name) else f"{name}: {message}"))
 
 
 # --------------------------------------------------------------------------- discovery
@@ -379,44 +378,56 @@ class VerifyResult:
     warnings: list[str]
 
 
-def verify_with_nnunet(dataset_dir: Path, *, timeout: float = 600.0, processes: int = 1) -> VerifyResult:
-    """Run nnU-Net's ``--verify_dataset_integrity`` on a converted dataset.
+def verify_with_nnunet(
+    dataset_dirs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    timeout: float = 600.0,
+    processes: int = 1,
+) -> VerifyResult:
+    """Run nnU-Net's ``--verify_dataset_integrity`` check on converted datasets.
 
-    Runs ``nnUNetv2_extract_fingerprint -d ID --verify_dataset_integrity`` in a subprocess
-    (nnU-Net's spawn pools hang when started from a process without a ``__main__``
-    guard), with ``nnUNet_raw`` pointing at the dataset's parent and throw-away
-    ``nnUNet_preprocessed``/``nnUNet_results`` folders, so the user's nnU-Net folders are
-    never touched.
+    Runs nnU-Net's own ``verify_dataset_integrity`` (what
+    ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` calls first) through
+    :mod:`medattn.preprocess.nnunet_check` in a subprocess, because nnU-Net's spawn pool
+    hangs when started from a process without a ``__main__`` guard. The fingerprint
+    extraction that nnU-Net's commands run afterwards is skipped: it checks nothing more
+    and takes most of their time. ``nnUNet_raw`` points at the datasets' parent and
+    ``nnUNet_preprocessed``/``nnUNet_results`` at throw-away folders, so the user's nnU-Net
+    folders are never touched. Several datasets are checked in one nnU-Net start-up.
 
     Args:
-        dataset_dir: a ``DatasetXXX_Name`` folder.
+        dataset_dirs: one ``DatasetXXX_Name`` folder, or several in one parent folder.
         timeout: seconds before the check is abandoned.
         processes: worker processes nnU-Net may use.
 
     Returns:
-        A :class:`VerifyResult`.
+        A :class:`VerifyResult`; ``ok`` is False when nnU-Net reports an error.
 
     Raises:
-        ValueError: if ``dataset_dir`` is not named ``DatasetXXX_Name``.
-        FileNotFoundError: if the nnU-Net command cannot be found.
+        ValueError: if a folder is not named ``DatasetXXX_Name`` or the folders do not
+            share one parent.
         subprocess.TimeoutExpired: if nnU-Net runs past ``timeout``.
     """
-    dataset_dir = Path(dataset_dir).resolve()
-    match = re.fullmatch(r"Dataset(\d{3})_.+", dataset_dir.name)
-    if not match:
-        raise ValueError(f"{dataset_dir}: not an nnU-Net dataset folder (expected DatasetXXX_Name)")
-    command = _nnunet_command("nnUNetv2_extract_fingerprint")
+    if isinstance(dataset_dirs, (str, os.PathLike)):
+        dataset_dirs = [dataset_dirs]
+    folders = [Path(d).resolve() for d in dataset_dirs]
+    for folder in folders:
+        if not re.fullmatch(r"Dataset\d{3}_.+", folder.name):
+            raise ValueError(f"{folder}: not an nnU-Net dataset folder (expected DatasetXXX_Name)")
+    parents = {folder.parent for folder in folders}
+    if len(parents) != 1:
+        raise ValueError(f"datasets to verify must share one nnUNet_raw folder, got {sorted(map(str, parents))}")
     with tempfile.TemporaryDirectory(prefix="medattn-verify-") as scratch:
         env = {
             **os.environ,
-            "nnUNet_raw": str(dataset_dir.parent),
+            "nnUNet_raw": str(parents.pop()),
             "nnUNet_preprocessed": str(Path(scratch) / "preprocessed"),
             "nnUNet_results": str(Path(scratch) / "results"),
             "nnUNet_def_n_proc": str(processes),
             "nnUNet_compile": "0",
         }
         completed = subprocess.run(
-            [*command, "-d", str(int(match.group(1))), "--verify_dataset_integrity", "-np", str(processes), "--no_pbar"],
+            [sys.executable, "-m", "medattn.preprocess.nnunet_check", str(processes), *map(str, folders)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -427,14 +438,3 @@ def verify_with_nnunet(dataset_dir: Path, *, timeout: float = 600.0, processes: 
     output = completed.stdout
     warnings = [line for line in output.splitlines() if line.startswith("Warning:") and "mismatch" in line]
     return VerifyResult(ok=completed.returncode == 0, output=output, warnings=warnings)
-
-
-def _nnunet_command(name: str) -> list[str]:
-    """The nnU-Net console script ``name``, preferring the one beside this Python."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return [str(candidate)]
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found; is nnunetv2 installed in this environment?")
-    return [found]

@@ -268,7 +268,9 @@ def read_case(case: BtcvCase) -> tuple[np.ndarray, object, np.ndarray | None]:
     label_context = f"{case.name} ({case.label.name})"
     label, label_geometry = _read(read_image, case.label, case.name)
     check_volume(label, label_context)
-    check_same_geometry(geometry, label_geometry, names=("image", "label"), context=case.name)
+    check_same_geometry(
+        geometry, label_geometry, names=("image", "label"), context=f"{case.name} ({case.image.name} vs {case.label.name})"
+    )
     present = label_values(label, label_context, max_label=MAX_BTCV_LABEL)
     if present.tolist() == [0]:
         raise ConversionError(f"{label_context}: the label map is empty (background only)")
