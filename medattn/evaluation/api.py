@@ -27,6 +27,7 @@ from medattn.data.io import (
     ImageReadError,
     case_name,
     check_same_geometry,
+    image_suffix,
     list_images,
     read_image,
 )
@@ -239,7 +240,7 @@ def evaluate_folders(
 
 
 def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
-    """Read a label image and check that it holds non-negative integers.
+    """Read a label image and check that it is complete and holds non-negative integers.
 
     Float images are accepted when every value is a whole number (some tools store
     labels as float32) and converted to the smallest integer type that holds them.
@@ -248,11 +249,47 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         ``(labels, geometry)`` with an unsigned or signed integer array.
 
     Raises:
-        ImageReadError: if the file cannot be read.
+        ImageReadError: if the file cannot be read or is truncated.
         LabelValueError: for NaN, infinite, fractional or negative values, naming the file.
     """
     array, geometry = read_image(path)
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti(Path(path), array.dtype.kind == "f")
     return as_label_array(array, str(path)), geometry
+
+
+def _check_nifti(path: Path, float_data: bool) -> None:
+    """What SimpleITK's NIfTI reader lets through: truncated files (read as zeros) and
+    NaN or infinite voxels (read as 0), both of which would score silently as background."""
+    import gzip
+    import zlib
+
+    import nibabel
+
+    try:
+        image = nibabel.load(str(path))
+        proxy = image.dataobj  # its offset is where the data start, even when vox_offset is 0
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+        if path.name.lower().endswith(".gz"):
+            size = 0
+            with gzip.open(path, "rb") as stream:  # checks the CRC at the end of the stream
+                while chunk := stream.read(1 << 22):
+                    size += len(chunk)
+        else:
+            size = path.stat().st_size
+        if size < expected:
+            raise ImageReadError(f"{path}: file is truncated ({size} bytes, the header needs {expected})")
+        stored = np.asanyarray(image.dataobj) if float_data else None
+    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as err:
+        raise ImageReadError(f"{path}: cannot read image ({err})") from err
+    if stored is not None:
+        finite = np.isfinite(stored)
+        if not finite.all():
+            n_nan = int(np.isnan(stored).sum())
+            raise LabelValueError(
+                f"{path}: {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite voxels; "
+                "a label image holds whole numbers"
+            )
 
 
 def as_label_array(array: np.ndarray, source: str) -> np.ndarray:

@@ -140,22 +140,25 @@ def _parse_json(path: Path) -> LabelMap:
                 )
             pairs.append((_as_value(value, source), str(name)))
     names: dict[int, str] = {}
+    background_names = set()
     for value, name in pairs:
-        if value in names:
-            raise LabelMapError(f"{source}: value {value} is given twice ({names[value]!r}, {name!r})")
-        if value != 0:
+        if value in names or (value == 0 and background_names):
+            raise LabelMapError(f"{source}: value {value} is given twice ({name!r} and another name)")
+        if value == 0:
+            background_names.add(name)
+        else:
             names[value] = name
     _check_unique_names(names, source)
     scored = tuple(sorted(names))
     if "evaluate_labels" in data:
-        scored = _resolve_subset(data["evaluate_labels"], names, source)
+        scored = _resolve_subset(data["evaluate_labels"], names, background_names, source)
     return LabelMap(names=names, scored=scored, source=source)
 
 
-def _resolve_subset(entries, names: dict[int, str], source: str) -> tuple[int, ...]:
+def _resolve_subset(entries, names: dict[int, str], background_names: set[str], source: str) -> tuple[int, ...]:
     if not isinstance(entries, list) or not entries:
         raise LabelMapError(f"{source}: \"evaluate_labels\" must be a non-empty list, got {entries!r}")
-    by_name = {name: value for value, name in names.items()}
+    by_name = {name: 0 for name in background_names} | {name: value for value, name in names.items()}
     chosen = []
     for entry in entries:
         if isinstance(entry, str) and entry in by_name:
