@@ -230,3 +230,16 @@ def test_real_ct_as_one_case_btcv(shared_data, tmp_path):
         assert expected > 0, f"{organ} absent from the example; the check would be vacuous"
         assert np.count_nonzero(label == new) == expected, organ
     assert np.count_nonzero(label) == sum(np.count_nonzero(source_label == b) for _, b in ISSUE_TABLE.values())
+
+
+@pytest.mark.parametrize("labels", [8, 13])
+def test_evaluate_labels_file_is_read_by_medattn_evaluate(tmp_path, labels):
+    evaluation = pytest.importorskip("medattn.evaluation.labels")
+    if not hasattr(evaluation, "parse_label_map"):
+        pytest.skip("medattn.evaluation.labels.parse_label_map is not available yet")
+    names_out, _ = synapse.label_scheme(labels)
+    path = synapse.write_evaluate_labels(tmp_path, names_out)
+    label_map = evaluation.parse_label_map(path)
+    scored = {label_map.name_of(value) for value in label_map.scored}
+    assert scored == {organ for organ, _ in ISSUE_TABLE.values()}
+    assert len(label_map.names) == labels
