@@ -66,13 +66,20 @@ def register(subparsers) -> None:
     _add_dicom(inner)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_common(parser, default_id: int, default_name: str) -> None:
     parser.add_argument("--dataset-id", type=int, default=default_id, help=f"nnU-Net dataset id (default {default_id})")
     parser.add_argument("--dataset-name", default=default_name,
                         help=f"name after DatasetXXX_ (default {default_name})")
     parser.add_argument("--labels", type=int, choices=(8, 13), default=8,
                         help="8: TransUNet's 8 organs; 13: all BTCV labels (default 8)")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="parallel workers (default 1)")
+    parser.add_argument("-j", "--jobs", type=_positive_int, default=1, help="cases converted at once (default 1)")
     parser.add_argument("--verify", action="store_true",
                         help="afterwards run nnU-Net's --verify_dataset_integrity on the result")
 
@@ -176,6 +183,8 @@ def _run_synapse(args) -> int:
 
     try:
         if args.to == "transunet":
+            if args.verify:
+                print("note: --verify checks nnU-Net datasets; it is skipped with --to transunet", file=sys.stderr)
             report = transunet.export_transunet(
                 args.src, args.out, labels=args.labels, split=args.split, jobs=args.jobs
             )

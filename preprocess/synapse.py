@@ -33,6 +33,7 @@ import numpy as np
 from medattn.preprocess.common import (
     ConversionError,
     ConversionReport,
+    check_nifti_file,
     check_volume,
     dataset_folder,
     discover_numbered,
@@ -278,6 +279,7 @@ def read_case(case: BtcvCase) -> tuple[np.ndarray, object, np.ndarray | None]:
 
 
 def _read(reader, path: Path, name: str):
+    check_nifti_file(path, f"{name} ({path.name})")
     try:
         return reader(path)
     except ValueError as err:  # ImageReadError names the file; add the case

@@ -48,9 +48,7 @@ from medattn.preprocess.common import (
     write_dataset_json,
 )
 from medattn.preprocess.synapse import (
-    BTCV_LABELS,
     MAX_BTCV_LABEL,
-    TRANSUNET_LABELS,
     BtcvCase,
     case_name,
     label_scheme,
@@ -567,10 +565,8 @@ def export_transunet(
 
 
 __all__ = [
-    "BTCV_LABELS",
     "DEFAULT_SPACING",
     "HU_WINDOW",
-    "TRANSUNET_LABELS",
     "convert_transunet",
     "discover_transunet",
     "export_transunet",

@@ -10,6 +10,7 @@ import pytest
 
 from medattn.preprocess.common import (
     ConversionError,
+    check_nifti_file,
     check_volume,
     dataset_folder,
     discover_numbered,
@@ -61,6 +62,27 @@ def test_check_volume_rejects_non_3d_and_nan():
     with pytest.raises(ConversionError, match="c2: 1 voxel"):
         check_volume(data, "c2")
     check_volume(np.zeros((2, 3, 4), dtype=np.int16), "fine")
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_check_nifti_file_catches_what_simpleitk_reads_silently(tmp_path, suffix):
+    import SimpleITK as sitk
+
+    data = np.arange(4 * 30 * 40, dtype=np.float32).reshape(4, 30, 40)
+    good = tmp_path / f"good{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(data), str(good))
+    check_nifti_file(good, "c0")
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    sitk.ReadImage(str(truncated))  # SimpleITK itself reads it without complaint
+    with pytest.raises(ConversionError, match=r"c1: (cannot read|.*is truncated)"):
+        check_nifti_file(truncated, "c1")
+    data[1, 2, 3] = np.nan
+    with_nan = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(data), str(with_nan))
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(with_nan)))).any()  # NaN read as 0
+    with pytest.raises(ConversionError, match=f"c2: nan{suffix} has 1 NaN"):
+        check_nifti_file(with_nan, "c2")
 
 
 def _square_or_fail(x):

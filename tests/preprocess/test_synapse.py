@@ -144,7 +144,7 @@ def test_missing_split_cases_are_reported_but_do_not_stop_the_run(tmp_path, caps
 def test_bad_cases_are_skipped_with_a_clear_reason_each(tmp_path, capsys):
     from medattn.data.io import Geometry, write_image
 
-    raw = write_btcv(tmp_path / "src", numbers=(5, 6, 7, 9, 10, 21, 23, 24))
+    raw = write_btcv(tmp_path / "src", numbers=(5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28))
     labels = raw / "Training" / "label"
     images = raw / "Training" / "img"
     image, label, geometry = make_case(7)
@@ -161,20 +161,31 @@ def test_bad_cases_are_skipped_with_a_clear_reason_each(tmp_path, capsys):
     flat = Geometry(image.shape[1:], geometry.spacing[:2], geometry.origin[:2], (1.0, 0.0, 0.0, 1.0))
     write_image(make_case(23)[0][0], flat, images / "img0023.nii.gz")  # 23: 2D image
     (images / "img0024.nii.gz").write_bytes(gzip.compress(b"not a nifti file at all"))  # 24: unreadable
+    image, label, geometry = make_case(26)
+    write_image(np.zeros_like(label), geometry, labels / "label0026.nii.gz")  # 26: empty label map
+    image, label, geometry = make_case(27)
+    image = image.astype(np.float32)
+    image[2, 3, 4] = np.nan
+    write_image(image, geometry, images / "img0027.nii.gz")  # 27: NaN in the CT
+    data = (labels / "label0028.nii.gz").read_bytes()
+    (labels / "label0028.nii.gz").write_bytes(data[: len(data) // 2])  # 28: truncated download
     out = tmp_path / "out"
 
     rc = main(["convert", "synapse", "--src", str(raw), "--out", str(out), "--split", "all", "-j", "2"])
 
     assert rc == 1
     summary = capsys.readouterr().out
-    assert "skipped 6 case(s):" in summary
+    assert "skipped 9 case(s):" in summary
     expected = {
         "synapse_0007": "origin differs",
         "synapse_0009": "shape differs",
         "synapse_0010": "missing label file",
         "synapse_0021": "unexpected label value(s) [14]",
         "synapse_0023": "expected a 3D volume",
-        "synapse_0024": "img0024.nii.gz: cannot read image",
+        "synapse_0024": "img0024.nii.gz): cannot read",
+        "synapse_0026": "the label map is empty (background only)",
+        "synapse_0027": "img0027.nii.gz has 1 NaN or infinite voxel(s)",
+        "synapse_0028": "label0028.nii.gz): cannot read",
     }
     lines = {line.split()[0].rstrip(":"): line for line in summary.splitlines() if line.startswith("  synapse_")}
     assert set(lines) == set(expected)
