@@ -1,0 +1,427 @@
+"""MONAI's own segmentation networks with attention blocks in their encoder stages.
+
+:func:`create` builds the stock MONAI network (``DynUNet``, ``SegResNet``, ``BasicUNet``)
+with MONAI's constructor arguments and then inserts blocks through
+:mod:`medattn.insertion`, so the result *is* the MONAI class: same ``forward``, same stock
+state-dict keys, same deep-supervision behaviour, and MONAI inferers and losses work on it
+unchanged.
+
+Which modules count as *encoder stages* (one stage = one resolution level of the
+contracting path, its output is what the skip connection carries):
+
+============  ===========================================================  ===============================
+network       encoder stages, in order                                     layers a shared DIA unit sees
+============  ===========================================================  ===============================
+dynunet       ``input_block``, ``downsamples.0`` ..., ``bottleneck``        ``norm1``, ``norm2`` of the stage
+                                                                           block (its two conv layers)
+segresnet     ``down_layers.0`` ... ``down_layers.{n-1}``                  ``conv2`` of every ``ResBlock``
+                                                                           (residual branch, before the add)
+basicunet     ``conv_0``, ``down_1`` ... ``down_4``                         ``conv_0``, ``conv_1`` of the
+                                                                           stage's ``TwoConv``
+============  ===========================================================  ===============================
+
+A per-feature-map block ("dsm", "sna", "se", ...) recalibrates each selected stage's
+output (:func:`medattn.insertion.attach_after`). A DIA unit ("dia" = DIA-LSTM,
+"dia_light", "dia_se", "dia_eca") is shared by the layers of a stage and threads its
+recurrent state through them in execution order (DIA paper, section 4.2.1,
+:func:`medattn.insertion.attach_shared_unit`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from medattn import insertion
+
+__all__ = [
+    "EncoderStage",
+    "NetworkSpec",
+    "NETWORKS",
+    "DIA_KINDS",
+    "available",
+    "attention_choices",
+    "create",
+    "dynunet_layout",
+    "encoder_stages",
+    "network_spec",
+    "normalise_attention",
+    "size_divisor",
+]
+
+#: ``attention`` values that build a shared DIA unit, mapped to the unit kind of
+#: :func:`medattn.blocks.dia.create_unit`.
+DIA_KINDS = {"dia": "lstm", "dia_lstm": "lstm", "dia_light": "light", "dia_se": "se", "dia_eca": "eca"}
+
+
+@dataclass(frozen=True)
+class EncoderStage:
+    """One resolution level of a network's contracting path.
+
+    Attributes:
+        name: qualified module name inside the network, e.g. ``"downsamples.0"``.
+        module: that module; its output is the stage's feature map.
+        channels: channels of the stage's output.
+        layers: modules whose outputs a shared DIA unit recalibrates, in execution order.
+    """
+
+    name: str
+    module: nn.Module
+    channels: int
+    layers: tuple[nn.Module, ...]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """How to build one network family and where its encoder stages are.
+
+    Attributes:
+        build: ``build(spatial_dims, in_channels, out_channels, **kwargs) -> (network, kwargs)``,
+            returning the MONAI network and the complete constructor kwargs it used (so that
+            a checkpoint can rebuild it without the helper arguments).
+        stages: ``stages(network) -> list[EncoderStage]``.
+        divisor: ``divisor(network_kwargs, spatial_dims) -> tuple[int, ...]``: per-axis
+            factor every input size must be a multiple of.
+    """
+
+    build: Callable[..., tuple[nn.Module, dict[str, Any]]]
+    stages: Callable[[nn.Module], list[EncoderStage]]
+    divisor: Callable[[dict[str, Any], int], tuple[int, ...]]
+
+
+# ----------------------------------------------------------------------------- DynUNet
+
+
+def dynunet_layout(
+    patch_size: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    max_downsamplings: int = 5,
+    min_size: int = 8,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Kernel sizes and strides for DynUNet from a patch size and voxel spacing.
+
+    The rule is nnU-Net's (and MONAI's DynUNet tutorial's): at each level, halve every axis
+    whose spacing is at most twice the finest spacing and whose size is even and at least
+    ``min_size``; use kernel 3 on those "fine" axes and kernel 1 on axes that are still
+    more than twice coarser, so anisotropic volumes are convolved in-plane first.
+
+    Args:
+        patch_size: training patch (ROI) size per spatial axis, e.g. ``(40, 56, 40)``.
+        spacing: voxel spacing per axis in the same order (defaults to isotropic).
+        max_downsamplings: upper bound on the number of stride-2 levels.
+        min_size: an axis is not halved below this size.
+
+    Returns:
+        ``(kernel_size, strides)``, one entry per level; ``strides[0]`` is all ones.
+
+    Raises:
+        ValueError: if sizes or spacings are not positive or their lengths differ.
+    """
+    sizes = [int(s) for s in patch_size]
+    spacings = [1.0] * len(sizes) if spacing is None else [float(s) for s in spacing]
+    if len(sizes) not in (2, 3) or len(spacings) != len(sizes):
+        raise ValueError(f"patch_size {tuple(patch_size)} and spacing {spacing} need 2 or 3 matching axes")
+    if min(sizes) < 1 or min(spacings) <= 0:
+        raise ValueError(f"patch_size {tuple(patch_size)} and spacing {spacing} must be positive")
+
+    def fine_axes(current_spacings):
+        finest = min(current_spacings)
+        return [sp <= 2 * finest for sp in current_spacings]
+
+    kernels = [[3 if fine else 1 for fine in fine_axes(spacings)]]
+    strides = [[1] * len(sizes)]
+    for _ in range(max_downsamplings):
+        stride = [
+            2 if fine and size >= min_size and size % 2 == 0 else 1
+            for fine, size in zip(fine_axes(spacings), sizes)
+        ]
+        if all(s == 1 for s in stride):
+            break
+        sizes = [size // s for size, s in zip(sizes, stride)]
+        spacings = [sp * s for sp, s in zip(spacings, stride)]
+        strides.append(stride)
+        kernels.append([3 if fine else 1 for fine in fine_axes(spacings)])
+    return kernels, strides
+
+
+def _build_dynunet(spatial_dims, in_channels, out_channels, *, patch_size=None, spacing=None, **kwargs):
+    from monai.networks.nets import DynUNet
+
+    if ("kernel_size" in kwargs) != ("strides" in kwargs):
+        raise ValueError("dynunet: give both kernel_size and strides, or neither (then patch_size/spacing derive them)")
+    if "kernel_size" not in kwargs:
+        patch = patch_size if patch_size is not None else (64,) * spatial_dims
+        if len(patch) != spatial_dims:
+            raise ValueError(f"dynunet: patch_size {tuple(patch)} does not have {spatial_dims} axes")
+        kwargs["kernel_size"], kwargs["strides"] = dynunet_layout(patch, spacing)
+    strides = [list(s) if isinstance(s, (list, tuple)) else s for s in kwargs["strides"]]
+    if len(strides) < 2:
+        raise ValueError(f"dynunet: strides {kwargs['strides']} give no downsampling level")
+    kwargs.setdefault("upsample_kernel_size", strides[1:])
+    # nnU-Net trains DynUNet-like networks with deep supervision; MONAI's default is off.
+    n_up = len(strides) - 1
+    kwargs.setdefault("deep_supervision", n_up > 1)
+    if kwargs["deep_supervision"]:
+        kwargs.setdefault("deep_supr_num", min(2, n_up - 1))
+    kwargs = {k: _plain(v) for k, v in kwargs.items()}
+    network = DynUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    kwargs.setdefault("filters", [int(f) for f in network.filters])
+    return network, kwargs
+
+
+def _dynunet_stages(network) -> list[EncoderStage]:
+    named = [("input_block", network.input_block)]
+    named += [(f"downsamples.{i}", m) for i, m in enumerate(network.downsamples)]
+    named.append(("bottleneck", network.bottleneck))
+    return [
+        EncoderStage(name, module, int(network.filters[i]), (module.norm1, module.norm2))
+        for i, (name, module) in enumerate(named)
+    ]
+
+
+def _dynunet_divisor(kwargs, spatial_dims):
+    divisor = [1] * spatial_dims
+    for stride in kwargs["strides"]:
+        per_axis = stride if isinstance(stride, (list, tuple)) else [stride] * spatial_dims
+        divisor = [d * int(s) for d, s in zip(divisor, per_axis)]
+    return tuple(divisor)
+
+
+# ----------------------------------------------------------------------------- SegResNet
+
+
+def _build_segresnet(spatial_dims, in_channels, out_channels, **kwargs):
+    from monai.networks.nets import SegResNet
+
+    kwargs = {k: _plain(v) for k, v in kwargs.items()}
+    network = SegResNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    return network, kwargs
+
+
+def _segresnet_stages(network) -> list[EncoderStage]:
+    from monai.networks.blocks.segresnet_block import ResBlock
+
+    stages = []
+    for i, stage in enumerate(network.down_layers):
+        res_blocks = [m for m in stage if isinstance(m, ResBlock)]
+        stages.append(
+            EncoderStage(
+                f"down_layers.{i}",
+                stage,
+                int(network.init_filters * 2**i),
+                tuple(block.conv2 for block in res_blocks),
+            )
+        )
+    return stages
+
+
+def _segresnet_divisor(kwargs, spatial_dims):
+    levels = len(kwargs.get("blocks_down", (1, 2, 2, 4)))
+    return (2 ** (levels - 1),) * spatial_dims
+
+
+# ----------------------------------------------------------------------------- BasicUNet
+
+
+def _build_basicunet(spatial_dims, in_channels, out_channels, **kwargs):
+    from monai.networks.nets import BasicUNet
+
+    kwargs = {k: _plain(v) for k, v in kwargs.items()}
+    network = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    return network, kwargs
+
+
+def _basicunet_stages(network) -> list[EncoderStage]:
+    named = [("conv_0", network.conv_0)] + [(f"down_{i}", getattr(network, f"down_{i}")) for i in range(1, 5)]
+    stages = []
+    for name, module in named:
+        two_conv = module if name == "conv_0" else module.convs
+        stages.append(
+            EncoderStage(name, module, int(two_conv.conv_1.conv.out_channels), (two_conv.conv_0, two_conv.conv_1))
+        )
+    return stages
+
+
+def _basicunet_divisor(kwargs, spatial_dims):
+    return (16,) * spatial_dims
+
+
+#: Network names accepted by :func:`create`.
+NETWORKS: dict[str, NetworkSpec] = {
+    "dynunet": NetworkSpec(_build_dynunet, _dynunet_stages, _dynunet_divisor),
+    "segresnet": NetworkSpec(_build_segresnet, _segresnet_stages, _segresnet_divisor),
+    "basicunet": NetworkSpec(_build_basicunet, _basicunet_stages, _basicunet_divisor),
+}
+
+
+def available() -> list[str]:
+    """Network names accepted by :func:`create`, sorted."""
+    return sorted(NETWORKS)
+
+
+def attention_choices() -> list[str]:
+    """Values accepted for ``attention``: the block registry's names plus the DIA kinds."""
+    from medattn import blocks
+
+    return sorted(set(blocks.available()) | set(DIA_KINDS))
+
+
+def network_spec(name: str) -> NetworkSpec:
+    """The :class:`NetworkSpec` registered under ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if not isinstance(name, str) or name.lower() not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {available()}")
+    return NETWORKS[name.lower()]
+
+
+def create(
+    name: str,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    attention: str | None = None,
+    attention_stages: str | int | Sequence[int] | None = None,
+    attention_kwargs: dict[str, Any] | None = None,
+    **network_kwargs,
+) -> nn.Module:
+    """Build a MONAI segmentation network and insert attention into its encoder stages.
+
+    Args:
+        name: "dynunet", "segresnet" or "basicunet" (see :func:`available`).
+        spatial_dims: 2 for (B, C, H, W) inputs, 3 for (B, C, D, H, W).
+        in_channels: input image channels.
+        out_channels: output classes (background included).
+        attention: a block name from ``medattn.blocks.available()`` ("dsm", "sna", "se",
+            ...), a DIA kind ("dia" = DIA-LSTM, "dia_light", "dia_se", "dia_eca"), or
+            None / "none" for the plain MONAI network.
+        attention_stages: which encoder stages get attention: "all" (default), "first",
+            "last", an index or a list of indices (negative ones count from the end);
+            see :func:`medattn.insertion.resolve_stage_indices`.
+        attention_kwargs: keyword arguments of the block (``medattn.blocks.create``) or of
+            the DIA unit (``medattn.blocks.dia.create_unit``), e.g. ``{"rd_ratio": 0.25}``.
+        **network_kwargs: MONAI's own constructor arguments of that network (e.g.
+            ``filters``, ``res_block`` for DynUNet; ``init_filters``, ``blocks_down`` for
+            SegResNet; ``features`` for BasicUNet). DynUNet also takes ``patch_size`` and
+            ``spacing``, from which :func:`dynunet_layout` derives ``kernel_size`` and
+            ``strides`` when those are not given (default patch: 64 per axis); its deep
+            supervision is on by default (``deep_supr_num`` = min(2, levels - 2)).
+
+    Returns:
+        The MONAI network (e.g. a ``monai.networks.nets.DynUNet`` instance) with the blocks
+        attached. ``network.medattn_config`` holds the arguments that rebuild it
+        (what :func:`medattn.networks.training.save_checkpoint` stores).
+
+    Raises:
+        ValueError: for an unknown network or attention name, bad stage indices, an
+            unknown block argument, or MONAI's own argument errors.
+
+    Example:
+        >>> net = create("dynunet", 3, 1, 3, attention="dsm", patch_size=(40, 56, 40))  # doctest: +SKIP
+    """
+    from medattn.blocks.registry import check_spatial_dims
+
+    spec = network_spec(name)
+    check_spatial_dims(spatial_dims)
+    for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+    attention = normalise_attention(attention)
+    attention_kwargs = dict(attention_kwargs or {})
+    network, used_kwargs = spec.build(spatial_dims, in_channels, out_channels, **copy.deepcopy(network_kwargs))
+    if attention is not None:
+        stages = spec.stages(network)
+        indices = insertion.resolve_stage_indices(_plain(attention_stages), len(stages))
+        for index in indices:
+            _attach(network, stages[index], attention, spatial_dims, attention_kwargs)
+    network.medattn_config = {
+        "name": name.lower(),
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "attention": attention,
+        "attention_stages": _plain(attention_stages),
+        "attention_kwargs": _plain(attention_kwargs),
+        "network_kwargs": used_kwargs,
+    }
+    return network
+
+
+def encoder_stages(network: nn.Module) -> list[EncoderStage]:
+    """The encoder stages of a network built by :func:`create` (or a stock MONAI one).
+
+    Raises:
+        ValueError: if the network is not one of the supported MONAI classes.
+    """
+    from monai.networks.nets import BasicUNet, DynUNet, SegResNet
+
+    for cls, name in ((DynUNet, "dynunet"), (SegResNet, "segresnet"), (BasicUNet, "basicunet")):
+        if isinstance(network, cls):
+            return NETWORKS[name].stages(network)
+    raise ValueError(f"no encoder-stage layout known for {type(network).__name__}; supported: {available()}")
+
+
+def size_divisor(name: str, spatial_dims: int, network_kwargs: dict[str, Any]) -> tuple[int, ...]:
+    """Per-axis factor that every input size of the network must be a multiple of.
+
+    Args:
+        name: network name.
+        spatial_dims: 2 or 3.
+        network_kwargs: the complete constructor kwargs (``network.medattn_config["network_kwargs"]``).
+    """
+    return network_spec(name).divisor(network_kwargs, spatial_dims)
+
+
+def normalise_attention(attention) -> str | None:
+    """``attention`` in lower case, or None for no attention (None, "", "none").
+
+    Raises:
+        ValueError: for a name that is neither a registered block nor a DIA kind.
+    """
+    if attention is None or (isinstance(attention, str) and attention.lower() in ("", "none")):
+        return None
+    if not isinstance(attention, str):
+        raise ValueError(f"attention must be a name or None, got {attention!r}")
+    key = attention.lower()
+    if key in DIA_KINDS:
+        return key
+    from medattn import blocks
+
+    if key not in blocks.available():
+        raise ValueError(f"unknown attention {attention!r}; choose one of {attention_choices()} or None")
+    return key
+
+
+def _attach(network, stage: EncoderStage, attention: str, spatial_dims: int, kwargs: dict) -> None:
+    if attention in DIA_KINDS:
+        from medattn.blocks.dia import create_unit
+
+        unit = create_unit(
+            DIA_KINDS[attention], stage.channels, spatial_dims=spatial_dims, num_blocks=len(stage.layers), **kwargs
+        )
+        # The network, not the stage, owns the unit: SegResNet and BasicUNet stages are
+        # nn.Sequential containers of their blocks, and attach_shared_unit would hand a
+        # Sequential stage's unit (and the state reset) to its last block. Owned by the
+        # network, the state is reset once per forward call and each stage's unit still
+        # only sees its own layers.
+        insertion.attach_shared_unit(network, stage.layers, unit, name="dia_" + stage.name.replace(".", "_"))
+    else:
+        from medattn import blocks
+
+        block = blocks.create(attention, stage.channels, spatial_dims=spatial_dims, **kwargs)
+        insertion.attach_after(stage.module, block, name="attention")
+
+
+def _plain(value):
+    """Tuples to lists, recursively, so configs are JSON- and ``weights_only``-friendly."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
