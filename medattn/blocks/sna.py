@@ -29,6 +29,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -70,14 +72,21 @@ def top_singular_triplets(
     ``u <- M v / |M v|``, ``v <- M^T u / |M^T u|``: the iterates of ``v`` are exactly those
     of Algorithm 1 (``v <- M^T M v``, normalised), without forming ``M^T M`` (which costs
     ``O(m n^2)`` and squares the condition number). Components 2..k come from deflation,
-    ``M <- M - sigma u v^T`` (the paper's rank-k ablation, Fig. 4).
+    ``M <- M - sigma u v^T`` (the paper's rank-k ablation, Fig. 4). The start is
+    deterministic instead of Algorithm 1's random vector: the largest row of ``M``, which
+    is exact after one step for a rank-1 matrix and, unlike a ones vector, not
+    orthogonal to zero-mean singular vectors.
 
     Convergence: the angle between ``v`` and the true right singular vector shrinks like
     ``(sigma_2 / sigma_1)^(2 t)`` after ``t`` iterations (Golub & Van Loan, Sec. 8.2.1),
-    and the relative error of ``sigma`` like the square of that angle. Measured in float32:
-    a spectrum with ``sigma_2 / sigma_1 = 0.5`` reaches sigma within 1e-6 relative after 6
-    iterations; random Gaussian 16x24 matrices (typical ratio 0.8-0.95) need ~100-300.
-    Deflated components converge with their own ratio ``sigma_{i+1} / sigma_i``.
+    and the relative error of ``sigma`` like the square of that angle. Measured in float32
+    (sigma's relative error, worst case over the batch): a spectrum with
+    ``sigma_2 / sigma_1 = 0.5`` reaches 6e-8 after 4 iterations; the axial slices of a real
+    abdominal CT (ratio ~0.5) 5e-7 after 5; channel means of ReLU conv features of that
+    CT (ratio ~0.25) 9e-7 after 2; random Gaussian 16x24 matrices (ratio 0.76-0.99,
+    median 0.91) 1e-3 after 100 and 3e-6 after 200, while their singular vectors need
+    ~1000 iterations to come within 1e-3 rad. Deflated components converge with their
+    own ratio ``sigma_{i+1} / sigma_i``.
 
     Args:
         matrices: ``[..., m, n]`` real tensor; leading dimensions are a batch.
@@ -135,7 +144,9 @@ def top_tensor_rank1_terms(
     the tensor spectral norm and the maximiser gives the best rank-1 approximation. Each
     iteration updates ``a``, ``b`` and ``c`` in turn (the alternating, monotone variant),
     each as the normalised contraction of ``T`` with the other two. For ``K = 1`` this is
-    exactly the matrix power iteration of :func:`top_singular_triplets`.
+    exactly the matrix power iteration of :func:`top_singular_triplets`. ``b`` and ``c``
+    start from the largest mode-2 and mode-3 fibres of ``T`` (deterministic, exact for a
+    rank-1 tensor).
 
     Unlike matrices, HOPM can stop at a local maximum, and greedy deflation is not the best
     rank-k CP approximation of a tensor; rank > 1 is the natural extension of the paper's
@@ -221,11 +232,7 @@ def _power_iteration(
             v = v_next
             if converged:
                 break
-        if detach:
-            v = v.detach()
         u = _normalize(_matvec(matrix, v), eps)
-        if detach:
-            u = u.detach()
     # sigma = u^T M v (= |M v|, Algorithm 1 lines 13-14) is smooth at M = 0, unlike a norm.
     sigma = (u * _matvec(matrix, v)).sum(-1)
     return sigma, u, v
@@ -252,8 +259,6 @@ def _hopm(
             if converged:
                 break
         a = _normalize(torch.einsum("...ijk,...j,...k->...i", tensor, b, c), eps)
-        if detach:
-            a, b, c = a.detach(), b.detach(), c.detach()
     sigma = torch.einsum("...ijk,...i,...j,...k->...", tensor, a, b, c)
     return sigma, a, b, c
 
@@ -351,10 +356,12 @@ class SpectralNormAttention(nn.Module):
       3-way tensors; it has no exact solver (best rank-1 tensor approximation is
       NP-hard in general), so ``method="svd"`` is rejected there. In 2D both modes are the
       paper's block.
-    - Iterations: ``n_iter`` (default 10; the paper reports < 10, 2 on average) runs as a
+    - Iterations: ``n_iter`` (default 10; the paper reports < 10, 2 on average, and on a
+      real CT 5 already reach float32 precision, see :func:`top_singular_triplets`) runs as a
       fixed count in training, so the graph is static and compiles. ``tol`` (default
       None) enables Algorithm 1's early stop (``v_t . v_{t-1} > 1 - tol``) in eval mode
-      only. The start is deterministic (no RNG, no state between calls): the largest row
+      only (it reads a flag on the host each iteration: a graph break under
+      ``torch.compile``, so leave it None for compiled inference). The start is deterministic (no RNG, no state between calls): the largest row
       of ``M`` (largest mode-2/3 fibres for HOPM). Gradients flow through every
       iteration; ``detach=True`` stops them and keeps only the path through
       ``sigma = u^T M v`` (spectral_norm's choice).
@@ -461,7 +468,7 @@ class SpectralNormAttention(nn.Module):
 
     def _weights(self, x: Tensor) -> Tensor:
         approx = self._approximate(x.mean(dim=1))
-        n_positions = approx[0].numel()
+        n_positions = math.prod(approx.shape[1:])
         weights = torch.softmax(approx.flatten(1), dim=1) * n_positions
         return weights.view(approx.shape).unsqueeze(1)
 
