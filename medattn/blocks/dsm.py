@@ -198,26 +198,31 @@ class DSM(nn.Module):
         check_input(x, self.channels, self.spatial_dims, "DSM")
         x_flat = x.flatten(2)
         if self.mode == "channel":
-            channel = self._channel_attention(x, x_flat)
-            return self._gated(x, channel.view(*channel.shape, *([1] * self.spatial_dims)))
+            return self._gated(x, self._per_channel(self._channel_attention(x, x_flat)))
         spatial = self._spatial_attention(x, x_flat)
         if self.mode == "spatial":
             return self._gated(x, spatial.view(x.shape[0], 1, *x.shape[2:]))
-        if self.mode == "parallel":
-            attention = _softmax(spatial)  # (B, N): C cancels, one map for all channels
-            context = torch.einsum("bn,bcn->bc", attention.to(x.dtype), self._values(x))
-        else:
-            channel = self._channel_attention(x, x_flat)
-            if self.mode == "series":
-                temperature = channel
-            else:
-                alpha = self.selection_weight(channel, spatial)
-                temperature = alpha * channel + (1 - alpha)
-            attention = _softmax(temperature[:, :, None] * spatial[:, None, :])  # (B, C, N)
-            context = torch.einsum("bcn,bcn->bc", attention.to(x.dtype), self._values(x))
+        context = self._self_attention_context(x, x_flat, spatial)
         if self.gamma is not None:
             context = self.gamma * context
-        return x + context.to(x.dtype).view(*context.shape, *([1] * self.spatial_dims))
+        return x + self._per_channel(context.to(x.dtype))
+
+    def _self_attention_context(
+        self, x: torch.Tensor, x_flat: torch.Tensor, spatial: torch.Tensor
+    ) -> torch.Tensor:
+        """``F_aggr(M ⊙ σ(W_x X))`` as (B, C), with ``M_c = softmax_N(k_c S)`` (see class doc)."""
+        values = self.gate(self.value_proj(x)).flatten(2)
+        if self.mode == "parallel":
+            attention = _softmax(spatial)  # (B, N): C cancels, one map serves every channel
+            return torch.einsum("bn,bcn->bc", attention.to(values.dtype), values)
+        channel = self._channel_attention(x, x_flat)
+        if self.mode == "series":
+            temperature = channel
+        else:
+            alpha = self.selection_weight(channel, spatial)
+            temperature = alpha * channel + (1 - alpha)
+        attention = _softmax(temperature[:, :, None] * spatial[:, None, :])  # (B, C, N)
+        return torch.einsum("bcn,bcn->bc", attention.to(values.dtype), values)
 
     def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel map ``C`` of section 4.1.
@@ -233,8 +238,7 @@ class DSM(nn.Module):
         """
         self._require("channel_query", "channel")
         check_input(x, self.channels, self.spatial_dims, "DSM")
-        channel = self._channel_attention(x, x.flatten(2))
-        return channel.view(*channel.shape, *([1] * self.spatial_dims))
+        return self._per_channel(self._channel_attention(x, x.flatten(2)))
 
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial map ``S`` of section 4.1.
@@ -280,13 +284,14 @@ class DSM(nn.Module):
 
     def _spatial_attention(self, x: torch.Tensor, x_flat: torch.Tensor) -> torch.Tensor:
         query = torch.softmax(self.spatial_query(x).flatten(2).amax(dim=-1), dim=-1)  # (B, r)
-        # queryᵀ (W_v' X + b) = (W_v'ᵀ query)ᵀ X + queryᵀ b: the (B, r, N) value map is never formed.
+        # queryᵀ (W_v' X + b) = (W_v'ᵀ query)ᵀ X + queryᵀ b: no (B, r, N) value map is formed.
         projected = query @ self.spatial_value.weight.flatten(1)  # (B, C)
         offset = query @ self.spatial_value.bias  # (B,)
         return self.gate(torch.einsum("bc,bcn->bn", projected, x_flat) + offset[:, None])
 
-    def _values(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.value_proj(x)).flatten(2)
+    def _per_channel(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, C) -> (B, C, 1, ..., 1), broadcastable against the input."""
+        return values.view(*values.shape, *([1] * self.spatial_dims))
 
     def _gated(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``G ⊙ X`` for a gate broadcastable to ``x``; ``X + γ ⊙ (G ⊙ X − X)`` with ``γ``."""

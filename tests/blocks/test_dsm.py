@@ -22,10 +22,13 @@ SPATIAL_SHAPES = {2: (3, 5), 3: (2, 3, 4)}
 
 def _input(spatial_dims: int, channels: int = 6, batch: int = 2, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, channels, *SPATIAL_SHAPES[spatial_dims], generator=generator, dtype=torch.float64)
+    shape = (batch, channels, *SPATIAL_SHAPES[spatial_dims])
+    return torch.randn(shape, generator=generator, dtype=torch.float64)
 
 
-def _block(channels: int = 6, spatial_dims: int = 2, seed: int = 1, jitter_gamma: bool = True, **kwargs) -> DSM:
+def _block(
+    channels: int = 6, spatial_dims: int = 2, seed: int = 1, jitter_gamma: bool = True, **kwargs
+) -> DSM:
     """A float64 block whose parameters are all random, so that no term vanishes."""
     block = DSM(channels, spatial_dims=spatial_dims, **kwargs).double()
     generator = torch.Generator().manual_seed(seed)
@@ -133,7 +136,10 @@ def test_channel_and_spatial_maps_against_loops():
 
     def conv(module, inputs, out_ch, n):
         w, b = module.weight.flatten(1).tolist(), module.bias.tolist()
-        return [[b[o] + sum(w[o][c] * inputs[c][p] for c in range(len(inputs))) for p in range(n)] for o in range(out_ch)]
+        return [
+            [b[o] + sum(w[o][c] * inputs[c][p] for c in range(len(inputs))) for p in range(n)]
+            for o in range(out_ch)
+        ]
 
     sigmoid = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     weights = _loop_softmax(conv(block.channel_query, pixels, 1, n_pos)[0])
@@ -308,7 +314,7 @@ def test_gradients_match_finite_differences(mode):
     def run(inputs, *values):
         return torch.func.functional_call(block, dict(zip(names, values)), (inputs,))
 
-    assert torch.autograd.gradcheck(run, (x, *params))
+    assert torch.autograd.gradcheck(run, (x, *params), fast_mode=True)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -372,8 +378,12 @@ def test_mode_validation_lists_choices(mode):
 def test_other_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DSM(32, **kwargs)
+
+
+@pytest.mark.parametrize("channels", [0, -4, 2.0, True])
+def test_channels_validation(channels):
     with pytest.raises(ValueError, match="channels"):
-        DSM(0)
+        DSM(channels)
 
 
 def test_input_shape_validation():
