@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     group = subparsers.add_parser(
         "convert",
         help="convert BTCV/Synapse, TransUNet or DICOM data to nnU-Net raw datasets",
-        description="Convert public datasets and clinical DICOM into nnU-Net v2 raw datasets "
+        description="Convert public datasets and clinical DICOM into nnU-Net v2 raw datasets\n"
         "(imagesTr/labelsTr/dataset.json), keeping geometry and writing every file atomically.",
         epilog=_EPILOG_GROUP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,8 +88,8 @@ def _add_synapse(inner) -> None:
     parser = inner.add_parser(
         "synapse",
         help="BTCV RawData -> nnU-Net dataset (or TransUNet npz/h5 with --to transunet)",
-        description="Convert the BTCV abdomen download (RawData/Training/img/imgXXXX.nii.gz, "
-        "label/labelXXXX.nii.gz, optional Testing/img) into the nnU-Net v2 raw dataset "
+        description="Convert the BTCV abdomen download (RawData/Training/img/imgXXXX.nii.gz,\n"
+        "Training/label/labelXXXX.nii.gz, optional Testing/img) into the nnU-Net v2 raw dataset\n"
         "DatasetXXX_Synapse with TransUNet's split, or export TransUNet's npz/h5 layout.",
         epilog=_EPILOG_SYNAPSE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,7 +109,7 @@ def _add_transunet(inner) -> None:
     parser = inner.add_parser(
         "transunet",
         help="TransUNet's preprocessed Synapse npz/h5 -> nnU-Net dataset",
-        description="Restack TransUNet's train_npz/caseXXXX_sliceNNN.npz slices and read "
+        description="Restack TransUNet's train_npz/caseXXXX_sliceNNN.npz slices and read its\n"
         "test_vol_h5/caseXXXX.npy.h5 volumes into an nnU-Net v2 raw dataset.",
         epilog=_EPILOG_TRANSUNET,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -131,7 +131,7 @@ def _add_dicom(inner) -> None:
     parser = inner.add_parser(
         "dicom",
         help="a DICOM series -> one NIfTI volume",
-        description="Read one DICOM series with SimpleITK (GDCM; JPEG 2000 and other compressed "
+        description="Read one DICOM series with SimpleITK (GDCM; JPEG 2000 and other compressed\n"
         "transfer syntaxes work) and write it as a volume in patient coordinates.",
         epilog=_EPILOG_DICOM,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -14,7 +14,7 @@ order (z, y, x), the order TransUNet's ``test.py`` writes back with
 ``GetImageFromArray``. The format stores no spacing, origin or direction.
 
 * :func:`convert_transunet` restacks this data into an nnU-Net raw dataset, undoing the
-  intensity scaling (so values are clipped HU) unless asked not to. The geometry comes
+  intensity scaling (so values are clipped HU, int16 when whole) unless asked not to. The geometry comes
   from the original BTCV files when given (``reference``), otherwise from
   :data:`DEFAULT_SPACING`, with a warning.
 * :func:`export_transunet` writes this layout from the raw BTCV download, so results can
@@ -23,7 +23,6 @@ order (z, y, x), the order TransUNet's ``test.py`` writes back with
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import zipfile
@@ -66,6 +65,10 @@ HU_WINDOW: tuple[float, float] = (-125.0, 275.0)
 #: an anisotropic network as it would for the real scans. Override with ``spacing``.
 DEFAULT_SPACING: tuple[float, float, float] = (0.76, 0.76, 3.0)
 
+#: Restored values this close to whole numbers are stored as int16 HU: float32 rounding
+#: of ``(hu + 125) / 400`` and back stays below 1e-4 HU for the whole window.
+WHOLE_HU_TOLERANCE = 0.01
+
 SLICE_PATTERN = r"case(\d{4})_slice(\d{3,})\.npz"
 VOLUME_PATTERN = r"case(\d{4})\.npy\.h5"
 LISTS_SUBDIR = Path("lists") / "lists_Synapse"
@@ -82,6 +85,15 @@ def unit_to_hu(image: np.ndarray) -> np.ndarray:
     """Invert :func:`hu_to_unit`: [0, 1] back to clipped Hounsfield units, float32."""
     low, high = HU_WINDOW
     return (image.astype(np.float32) * np.float32(high - low) + np.float32(low)).astype(np.float32)
+
+
+def _whole_hu(hu: np.ndarray) -> np.ndarray:
+    """int16 when every value is a whole HU number up to float32 rounding (data exported
+    from integer CT, as TransUNet's and medattn's are), else the float32 values."""
+    rounded = np.rint(hu)
+    if np.abs(hu - rounded).max() <= WHOLE_HU_TOLERANCE:
+        return rounded.astype(np.int16)
+    return hu
 
 
 def transunet_name(number: int) -> str:
@@ -175,12 +187,13 @@ def discover_transunet(
     """Find the training slices and test volumes of a TransUNet folder.
 
     With list files (``lists_dir``, default ``src/lists/lists_Synapse``), the cases and
-    slices they name are used and a slice they name but that is missing fails its case;
-    without them every file found is used (with a warning).
+    slices they name are used, and a file they name but that is missing is recorded as
+    ``None`` so that its case fails when loaded; without a list file every file found is
+    used (with a warning).
 
     Raises:
         FileNotFoundError: if ``src`` holds neither ``train_npz`` nor ``test_vol_h5``.
-        ConversionError: for a case whose slice indices have gaps or that lacks a listed file.
+        ConversionError: for a list entry that is not a TransUNet case or slice name.
     """
     src = Path(src)
     train_dir, test_dir = src / "train_npz", src / "test_vol_h5"
@@ -189,10 +202,15 @@ def discover_transunet(
     slices = _discover_slices(train_dir)
     volumes = discover_numbered(test_dir, VOLUME_PATTERN) if test_dir.is_dir() else {}
     lists_dir = Path(lists_dir) if lists_dir is not None else src / LISTS_SUBDIR
-    if (lists_dir / "train.txt").is_file() or (lists_dir / "test_vol.txt").is_file():
-        slices, volumes = _apply_lists(lists_dir, slices, volumes, report)
-    else:
-        warn(f"no list files in {lists_dir}; using every slice and volume found in {src}", report)
+    train_list, test_list = lists_dir / "train.txt", lists_dir / "test_vol.txt"
+    if train_list.is_file():
+        slices = _listed_slices(train_list, slices, report)
+    elif slices:
+        warn(f"no {train_list}; using every slice in {train_dir}", report)
+    if test_list.is_file():
+        volumes = _listed_volumes(test_list, volumes)
+    elif volumes:
+        warn(f"no {test_list}; using every volume in {test_dir}", report)
     cases = [
         TransUNetCase(n, "train", tuple(files[i] for i in sorted(files)), tuple(sorted(files)))
         for n, files in slices.items()
@@ -213,33 +231,31 @@ def _discover_slices(train_dir: Path) -> dict[int, dict[int, Path]]:
     return dict(sorted(slices.items()))
 
 
-def _apply_lists(lists_dir: Path, slices, volumes, report):
-    """Keep what the list files name; record listed-but-missing files as missing (Path None)."""
-    listed_slices: dict[int, dict[int, Path | None]] = {}
-    train_list = lists_dir / "train.txt"
-    if train_list.is_file():
-        regex = re.compile(SLICE_PATTERN[: -len(r"\.npz")])
-        for entry in read_list(train_list):
-            match = regex.fullmatch(entry)
-            if not match:
-                raise ConversionError(f"{train_list}: entry {entry!r} is not caseXXXX_sliceNNN")
-            number, index = int(match.group(1)), int(match.group(2))
-            listed_slices.setdefault(number, {})[index] = slices.get(number, {}).get(index)
-    listed_volumes: dict[int, Path | None] = {}
-    test_list = lists_dir / "test_vol.txt"
-    if test_list.is_file():
-        for entry in read_list(test_list):
-            match = re.fullmatch(r"case(\d{4})", entry)
-            if not match:
-                raise ConversionError(f"{test_list}: entry {entry!r} is not caseXXXX")
-            number = int(match.group(1))
-            listed_volumes[number] = volumes.get(number)
-    unlisted = sum(len(v) for n, v in slices.items()) - sum(
-        1 for n, v in listed_slices.items() for i in v if i in slices.get(n, {})
-    )
+def _listed_slices(train_list: Path, slices: dict[int, dict[int, Path]], report) -> dict[int, dict[int, Path | None]]:
+    """The slices ``train.txt`` names; a named file that does not exist maps to ``None``."""
+    regex = re.compile(SLICE_PATTERN[: -len(r"\.npz")])
+    listed: dict[int, dict[int, Path | None]] = {}
+    for entry in read_list(train_list):
+        match = regex.fullmatch(entry)
+        if not match:
+            raise ConversionError(f"{train_list}: entry {entry!r} is not caseXXXX_sliceNNN")
+        number, index = int(match.group(1)), int(match.group(2))
+        listed.setdefault(number, {})[index] = slices.get(number, {}).get(index)
+    unlisted = sum(1 for n, files in slices.items() for i in files if i not in listed.get(n, {}))
     if unlisted:
         warn(f"{unlisted} slice file(s) in train_npz are not named in {train_list} and are left out", report)
-    return dict(sorted(listed_slices.items())), dict(sorted(listed_volumes.items()))
+    return dict(sorted(listed.items()))
+
+
+def _listed_volumes(test_list: Path, volumes: dict[int, Path]) -> dict[int, Path | None]:
+    """The volumes ``test_vol.txt`` names; a named file that does not exist maps to ``None``."""
+    listed: dict[int, Path | None] = {}
+    for entry in read_list(test_list):
+        match = re.fullmatch(r"case(\d{4})", entry)
+        if not match:
+            raise ConversionError(f"{test_list}: entry {entry!r} is not caseXXXX")
+        listed[int(match.group(1))] = volumes.get(int(match.group(1)))
+    return dict(sorted(listed.items()))
 
 
 # --------------------------------------------------------------------------- TransUNet -> nnU-Net
@@ -360,7 +376,7 @@ def _import_case(job: _ImportJob) -> list[Path]:
                 f"{context}: image values span [{low:g}, {high:g}], not TransUNet's [0, 1] scaling; "
                 f"use --intensity scaled to keep them as they are"
             )
-        image = unit_to_hu(image)
+        image = _whole_hu(unit_to_hu(image))
     else:
         image = image.astype(np.float32)
     if job.use_reference:
@@ -406,8 +422,9 @@ def convert_transunet(
         lists_dir: folder with ``train.txt``/``test_vol.txt`` (default
             ``src/lists/lists_Synapse``); TransUNet keeps them in its code repository.
         labels: 8 (TransUNet's data) or 13 (an export made with 13 labels).
-        intensity: "hu" maps [0, 1] back to clipped Hounsfield units [-125, 275];
-            "scaled" keeps the values as stored.
+        intensity: "hu" maps [0, 1] back to clipped Hounsfield units [-125, 275] (int16
+            when they come out as whole numbers, as for any export of integer CT);
+            "scaled" keeps the values as stored (float32).
         spacing: voxel size (x, y, z) in mm when no ``reference`` is given; default
             :data:`DEFAULT_SPACING` with a warning, since the format stores none.
         reference: BTCV RawData (or a folder of ``imgXXXX.nii.gz``) to copy each case's
@@ -500,10 +517,8 @@ def _export_case(job: _ExportJob) -> tuple[list[Path], list[str]]:
     for index in range(scaled.shape[0]):
         entry = f"{name}_slice{index:03d}"
         path = job.out / "train_npz" / f"{entry}.npz"
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, image=scaled[index], label=mapped[index])
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(buffer.getvalue())
+        with atomic_write(path) as tmp, open(tmp, "wb") as stream:
+            np.savez(stream, image=scaled[index], label=mapped[index])
         written.append(path)
         entries.append(entry)
     return written, entries
@@ -513,8 +528,8 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
     import h5py
 
     with h5py.File(path, "w") as h5:
-        h5.create_dataset("image", data=image, compression="gzip", compression_opts=4)
-        h5.create_dataset("label", data=label, compression="gzip", compression_opts=4)
+        h5.create_dataset("image", data=image)
+        h5.create_dataset("label", data=label)
 
 
 def export_transunet(
@@ -529,8 +544,9 @@ def export_transunet(
 
     CT values are clipped to [-125, 275] HU and scaled to [0, 1] (float32); training cases
     become axial ``.npz`` slices, test cases ``.npy.h5`` volumes, and
-    ``lists/lists_Synapse/{train,test_vol}.txt`` name them. Files of an earlier export
-    that this one did not write are removed.
+    ``lists/lists_Synapse/{train,test_vol}.txt`` name them. Like TransUNet's own files,
+    npz and h5 are uncompressed (fast to write and read, about 1.3 MB per 512 x 512
+    slice). Files of an earlier export that this one did not write are removed.
 
     Args:
         src: the BTCV ``RawData`` folder (or its parent).

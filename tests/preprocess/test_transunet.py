@@ -31,6 +31,14 @@ def test_hu_scaling_matches_the_published_window_and_inverts():
     assert unit.dtype == np.float32 and unit.min() == 0 and unit.max() == 1
     np.testing.assert_allclose(unit, expected, atol=1e-7)
     np.testing.assert_allclose(transunet.unit_to_hu(unit), np.clip(hu, -125, 275), atol=1e-3)
+    window = np.arange(-125, 276, dtype=np.int16)
+    error = np.abs(transunet.unit_to_hu(transunet.hu_to_unit(window)) - window).max()
+    assert error < transunet.WHOLE_HU_TOLERANCE / 10
+    restored = transunet._whole_hu(transunet.unit_to_hu(transunet.hu_to_unit(window)))
+    assert restored.dtype == np.int16
+    np.testing.assert_array_equal(restored, window)
+    fractional = transunet._whole_hu(transunet.unit_to_hu(np.array([0.3337, 0.5], dtype=np.float32)))
+    assert fractional.dtype == np.float32
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +90,8 @@ def test_round_trip_btcv_transunet_nnunet_keeps_labels_values_and_geometry(expor
         label, label_affine = nifti(folder / f"labels{subset}" / f"synapse_{number:04d}.nii.gz")
         np.testing.assert_allclose(affine, source_affine, atol=1e-4)
         np.testing.assert_allclose(label_affine, source_affine, atol=1e-4)
-        np.testing.assert_allclose(image, np.clip(source, -125, 275), atol=1e-3)
+        assert image.dtype == np.int16  # whole HU numbers come back exactly
+        np.testing.assert_array_equal(image, np.clip(source, -125, 275))
         np.testing.assert_array_equal(label, mapped_8(source_label))
 
 
@@ -190,7 +199,7 @@ def test_gaps_in_slice_indices_fail_the_case_without_lists(tmp_path, capsys):
     (src / "train_npz" / "case0005_slice003.npz").unlink()
     assert main(["convert", "transunet", "--src", str(src), "--out", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
-    assert "no list files" in captured.err
+    assert "no " in captured.err and "train.txt; using every slice" in captured.err
     assert "synapse_0005 (case0005): slice indices must run 0..4 without gaps; missing [3]" in captured.out
 
 
@@ -205,3 +214,12 @@ def test_reference_shape_mismatch_is_an_error(tmp_path, capsys):
 def test_not_a_transunet_folder(tmp_path, capsys):
     assert main(["convert", "transunet", "--src", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert "not a TransUNet Synapse folder" in capsys.readouterr().err
+
+
+def test_slices_not_in_the_lists_are_left_out_with_a_warning(tmp_path, capsys):
+    src = write_transunet(tmp_path / "src", train={5: 3}, test={1: 2})
+    np.savez(src / "train_npz" / "case0008_slice000.npz", image=np.zeros((6, 5), np.float32),
+             label=np.zeros((6, 5), np.float32))
+    assert main(["convert", "transunet", "--src", str(src), "--out", str(tmp_path / "out")]) == 0
+    assert "1 slice file(s) in train_npz are not named in" in capsys.readouterr().err
+    assert names(tmp_path / "out" / "Dataset502_SynapseTransUNet" / "imagesTr") == {"synapse_0005_0000.nii.gz"}
