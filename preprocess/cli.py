@@ -95,7 +95,8 @@ def _add_synapse(inner) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--src", required=True, help="BTCV RawData folder (or the folder holding RawData)")
-    parser.add_argument("--out", required=True, help="nnU-Net raw folder (--to nnunet) or output folder (--to transunet)")
+    parser.add_argument("--out", required=True,
+                        help="nnU-Net raw folder (--to nnunet) or output folder (--to transunet)")
     parser.add_argument("--to", choices=("nnunet", "transunet"), default="nnunet", help="output format (default nnunet)")
     parser.add_argument("--split", choices=("transunet", "all"), default="transunet",
                         help="transunet: 18 train / 12 test (default); all: every labelled case trains")

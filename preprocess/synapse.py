@@ -213,7 +213,8 @@ def plan_cases(
         subsets = {n: "train" for n in TRANSUNET_TRAIN_CASES} | {n: "test" for n in TRANSUNET_TEST_CASES}
         missing = sorted(set(subsets) - set(labelled))
         if missing:
-            warn(f"{len(missing)} case(s) of the TransUNet split are not in {raw / 'Training' / 'img'}: {missing}", report)
+            warn(f"{len(missing)} case(s) of the TransUNet split are not in "
+                 f"{raw / 'Training' / 'img'}: {missing}", report)
         outside = sorted(set(labelled) - set(subsets))
         if outside:
             warn(f"case(s) {outside} are not part of the TransUNet split and are left out (use --split all)", report)
@@ -269,9 +270,8 @@ def read_case(case: BtcvCase) -> tuple[np.ndarray, object, np.ndarray | None]:
     label_context = f"{case.name} ({case.label.name})"
     label, label_geometry = _read(read_image, case.label, case.name)
     check_volume(label, label_context)
-    check_same_geometry(
-        geometry, label_geometry, names=("image", "label"), context=f"{case.name} ({case.image.name} vs {case.label.name})"
-    )
+    pair = f"{case.name} ({case.image.name} vs {case.label.name})"
+    check_same_geometry(geometry, label_geometry, names=("image", "label"), context=pair)
     present = label_values(label, label_context, max_label=MAX_BTCV_LABEL)
     if present.tolist() == [0]:
         raise ConversionError(f"{label_context}: the label map is empty (background only)")

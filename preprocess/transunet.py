@@ -447,7 +447,9 @@ def convert_transunet(
     report = ConversionReport(output=folder)
     cases = discover_transunet(src, lists_dir, report)
     if not cases:
-        raise ValueError(f"{src}: no TransUNet case found (train_npz/caseXXXX_sliceNNN.npz, test_vol_h5/caseXXXX.npy.h5)")
+        raise ValueError(
+            f"{src}: no TransUNet case found (train_npz/caseXXXX_sliceNNN.npz, test_vol_h5/caseXXXX.npy.h5)"
+        )
     references = read_reference_geometries(reference) if reference is not None else {}
     if reference is None:
         spacing = tuple(float(s) for s in (spacing or DEFAULT_SPACING))

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 import SimpleITK as sitk
 
 from medattn.cli import main
@@ -79,7 +78,8 @@ def test_several_series_need_a_uid_and_are_listed(tmp_path, capsys):
     assert main(["convert", "dicom", "--src", str(tmp_path / "study"), "--list"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
-    assert main(["convert", "dicom", "--src", str(tmp_path / "study"), "--out", str(out), "--series-uid", "1.2.3.4.1"]) == 0
+    study = str(tmp_path / "study")
+    assert main(["convert", "dicom", "--src", study, "--out", str(out), "--series-uid", "1.2.3.4.1"]) == 0
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), sitk.GetArrayFromImage(first))
 
     assert main(["convert", "dicom", "--src", str(tmp_path / "study"), "--out", str(out), "--series-uid", "9.9"]) == 1
@@ -141,7 +141,8 @@ def test_real_jpeg2000_series_aligns_with_its_label_in_physical_space(shared_dat
     np.testing.assert_allclose(_corners(label), _corners(ct), atol=1e-3)
     aligned = sitk.GetArrayFromImage(sitk.Resample(label, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     by_index = sitk.GetArrayFromImage(label)
-    np.testing.assert_array_equal(np.bincount(aligned.ravel(), minlength=14), np.bincount(by_index.ravel(), minlength=14))
+    np.testing.assert_array_equal(np.bincount(aligned.ravel(), minlength=14),
+                                  np.bincount(by_index.ravel(), minlength=14))
 
     liver, aorta = 6, 8
     liver_hu, aorta_hu = hu[aligned == liver].mean(), hu[aligned == aorta].mean()

@@ -63,7 +63,8 @@ def test_transunet_split_layout_and_dataset_json(converted):
     assert names(converted / "labelsTr") == {f"synapse_{n:04d}.nii.gz" for n in train}
     assert names(converted / "labelsTs") == {f"synapse_{n:04d}.nii.gz" for n in synapse.TRANSUNET_TEST_CASES}
     unlabelled = {"synapse_0061_0000.nii.gz", "synapse_0062_0000.nii.gz"}
-    assert names(converted / "imagesTs") == {f"synapse_{n:04d}_0000.nii.gz" for n in synapse.TRANSUNET_TEST_CASES} | unlabelled
+    test_images = {f"synapse_{n:04d}_0000.nii.gz" for n in synapse.TRANSUNET_TEST_CASES}
+    assert names(converted / "imagesTs") == test_images | unlabelled
     meta = json.loads((converted / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"}
     assert meta["numTraining"] == 18 == len(train)
@@ -202,7 +203,8 @@ def test_cli_errors_for_a_folder_that_is_not_btcv(tmp_path, capsys):
     assert "not a BTCV RawData folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["convert"], ["convert", "synapse"], ["convert", "transunet"], ["convert", "dicom"]])
+@pytest.mark.parametrize("command", [["convert"], ["convert", "synapse"], ["convert", "transunet"],
+                                     ["convert", "dicom"]])
 def test_every_convert_command_has_help_with_examples(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(command + ["--help"])

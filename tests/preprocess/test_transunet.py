@@ -52,7 +52,8 @@ def test_export_writes_slices_volumes_and_lists(exported, btcv_raw):
     train = sorted(synapse.TRANSUNET_TRAIN_CASES)
     depth = {n: make_case(n)[0].shape[0] for n in synapse.TRANSUNET_TRAIN_CASES + synapse.TRANSUNET_TEST_CASES}
     lists = exported / "lists" / "lists_Synapse"
-    assert (lists / "train.txt").read_text().split() == [f"case{n:04d}_slice{k:03d}" for n in train for k in range(depth[n])]
+    expected_slices = [f"case{n:04d}_slice{k:03d}" for n in train for k in range(depth[n])]
+    assert (lists / "train.txt").read_text().split() == expected_slices
     assert (lists / "test_vol.txt").read_text().split() == [f"case{n:04d}" for n in sorted(synapse.TRANSUNET_TEST_CASES)]
     assert names(exported / "test_vol_h5") == {f"case{n:04d}.npy.h5" for n in synapse.TRANSUNET_TEST_CASES}
     assert len(names(exported / "train_npz")) == sum(depth[n] for n in train)
@@ -100,7 +101,8 @@ def test_without_reference_the_default_spacing_is_used_and_announced(exported, t
     assert "store no voxel spacing; assuming (0.76, 0.76, 3.0)" in capsys.readouterr().err
     image = nib.load(str(tmp_path / "Dataset502_SynapseTransUNet" / "imagesTr" / "synapse_0005_0000.nii.gz"))
     np.testing.assert_allclose(image.header.get_zooms(), transunet.DEFAULT_SPACING, rtol=1e-6)
-    assert main(["convert", "transunet", "--src", str(exported), "--out", str(tmp_path), "--spacing", "1", "1", "2"]) == 0
+    args = ["convert", "transunet", "--src", str(exported), "--out", str(tmp_path)]
+    assert main(args + ["--spacing", "1", "1", "2"]) == 0
     assert "assuming" not in capsys.readouterr().err
     image = nib.load(str(tmp_path / "Dataset502_SynapseTransUNet" / "imagesTs" / "synapse_0001_0000.nii.gz"))
     np.testing.assert_allclose(image.header.get_zooms(), (1, 1, 2))
