@@ -185,4 +185,7 @@ def load_stock_weights(network: nn.Module, checkpoint) -> list[str]:
             f"checkpoint has {len(result.unexpected_keys)} keys the network lacks "
             f"(e.g. {result.unexpected_keys[:3]}): it was not trained with the same plans"
         )
-    return list(result.missing_keys)
+    # Modules that tie parameters (DIA's shared units) may list tied aliases as missing
+    # although their state dict never holds them; report only keys the state dict has.
+    own_keys = set(network.state_dict())
+    return [key for key in result.missing_keys if key in own_keys]

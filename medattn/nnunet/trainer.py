@@ -54,7 +54,11 @@ class nnUNetTrainerAttention(nnUNetTrainer):
 
 class SmokeSchedule:
     """Mixin: 1 epoch of 2 training iterations and 1 validation iteration, for CI and
-    quick checks. Put it first in the bases: ``class X_smoke(SmokeSchedule, X)``."""
+    quick checks. Put it first in the bases: ``class X_smoke(SmokeSchedule, X)``.
+
+    Mirroring is switched off (augmentation and test-time), because nnU-Net's final
+    validation with 8-fold mirroring dominates a smoke run's time on CPU.
+    """
 
     def __init__(
         self,
@@ -68,3 +72,8 @@ class SmokeSchedule:
         self.num_epochs = 1
         self.num_iterations_per_epoch = 2
         self.num_val_iterations_per_epoch = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, do_dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, do_dummy_2d, patch_size, None

@@ -1,0 +1,36 @@
+"""Fixtures that run nnU-Net's real planning on the phantom dataset (in subprocesses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medattn.data.phantom import make_phantom_dataset
+from medattn.nnunet.commands import nnunet_environment, run_nnunet
+
+DATASET_ID = 990
+DATASET = "Dataset990_Phantom"
+
+
+@pytest.fixture(scope="session")
+def nnunet_dirs(tmp_path_factory) -> dict:
+    """A fresh nnU-Net raw/preprocessed/results tree holding the phantom dataset."""
+    root = tmp_path_factory.mktemp("nnunet")
+    dirs = {name: root / name for name in ("raw", "preprocessed", "results")}
+    for folder in dirs.values():
+        folder.mkdir()
+    make_phantom_dataset(dirs["raw"], n_cases=4, n_test=2, seed=0, shape=(24, 40, 40), dataset_id=DATASET_ID)
+    env = nnunet_environment(dirs["raw"], dirs["preprocessed"], dirs["results"], n_proc=2)
+    return {**dirs, "env": env}
+
+
+@pytest.fixture(scope="session")
+def phantom_plans(nnunet_dirs) -> dict[str, Path]:
+    """nnU-Net's own plans for the phantom: default (PlainConvUNet) and ResEnc M."""
+    env = nnunet_dirs["env"]
+    run_nnunet("nnUNetv2_extract_fingerprint", ["-d", DATASET_ID, "-np", 1], env, timeout=300)
+    run_nnunet("nnUNetv2_plan_experiment", ["-d", DATASET_ID], env, timeout=300)
+    run_nnunet("nnUNetv2_plan_experiment", ["-d", DATASET_ID, "-pl", "nnUNetPlannerResEncM"], env, timeout=300)
+    folder = nnunet_dirs["preprocessed"] / DATASET
+    return {"plain": folder / "nnUNetPlans.json", "resenc": folder / "nnUNetResEncUNetMPlans.json"}
