@@ -28,10 +28,13 @@ from torch import nn
 from medattn.blocks.layers import LayerSpec, check_input, conv_nd, create_act, reduced_channels
 from medattn.blocks.registry import check_channels, check_spatial_dims, register_block
 
-__all__ = ["DSM", "MODES"]
+__all__ = ["DSM", "MODES", "SK_MIN_WIDTH"]
 
 #: Accepted values of ``DSM(mode=...)``, the rows of the paper's Table 3.
 MODES = ("full", "series", "parallel", "channel", "spatial")
+
+#: SKNet's lower bound ``L`` on the width of the selection FC (SKNet, section 3.1).
+SK_MIN_WIDTH = 32
 
 _USES_CHANNEL = {"full", "series", "channel"}
 _USES_SPATIAL = {"full", "series", "parallel", "spatial"}
@@ -54,7 +57,7 @@ class DSM(nn.Module):
       ``S = σ(softmax_r(maxpool_N(W_q' X))ᵀ × W_v' X)`` with ``W_q', W_v': C→r``.
     - Recoupling (section 4.3): series ``Q = C ⊙ S``, parallel ``P = C + S`` (both
       broadcast to (B, C, N)), mixed as ``A = α Q + (1 − α) P``. ``α ∈ (B, C)`` is
-      SKNet's selection: ``s = GAP(Q + P)``, ``z = act(FC_r(s))``,
+      SKNet's selection: ``s = GAP(Q + P)``, ``z = act(FC_d(s))``,
       ``[α, 1 − α] = softmax over the 2 branches of FC_2C(z)``, per channel.
     - Self-attention (section 4.2): ``M = softmax_N(A)`` per channel.
     - Output (section 4.2): ``Z = X + γ ⊙ F_aggr(M ⊙ σ(W_x X))`` where
@@ -94,17 +97,24 @@ class DSM(nn.Module):
 
     Decisions (the paper leaves these open):
 
-    - Reduction: ``r = round(C · rd_ratio)`` (at least 1, ``rd_divisor`` 1 by default
-      so the paper's ratios 1/2 and 1/16 hold as written) for ``W_v``, ``W_q'``,
-      ``W_v'`` and the selection FC; ``W_q`` maps to one channel as in PSA. Default
-      ``rd_ratio=1/16`` (DSNet50-B, Table 4; DSNet50-A uses 1/2).
+    - Reduction: ``r = round(C · rd_ratio)`` (``rd_divisor`` 1 by default so the paper's
+      ratios 1/2 and 1/16 hold as written) for ``W_v``, ``W_q'`` and ``W_v'``;
+      ``W_q`` maps to one channel as in PSA. Default ``rd_ratio=1/16``
+      (DSNet50-B, Table 4; DSNet50-A uses 1/2). ``r`` is at least 2: the softmax over
+      the ``r`` pooled query channels of ``S`` is identically 1 for ``r = 1``, which
+      would leave ``W_q'`` without effect (e.g. C=16 at 1/16); an explicit
+      ``rd_channels=1`` is refused in the modes that build ``S``.
     - No LayerNorm in the channel branch (PSA has one; the paper's equation does not).
     - MaxPooling in ``S`` is global max pooling over all positions, the counterpart of
       PSA's global average pooling; the softmax after it runs over the ``r`` channels.
-    - The selection (``Conv_SK``) follows SKNet with the sum of the two recoupled maps as
-      the fused map and without BatchNorm in the FC (batch size 1 is common in 3D
-      segmentation and BatchNorm on a (B, r) vector fails there); ``act_layer`` (ReLU)
-      follows the reduction.
+    - The selection (``Conv_SK``) follows SKNet: the fused map is the sum of the two
+      recoupled maps, its hidden width is ``d = max(r, 32)`` (SKNet's ``max(C/r, L)``
+      with ``L = 32``) and ``act_layer`` (ReLU) follows the reduction. SKNet's BatchNorm
+      is left out (batch size 1 is common in 3D segmentation and BatchNorm on a (B, d)
+      vector fails there). Without it the FC's input is positive (``C``, ``S`` in
+      (0, 1)), so each ReLU unit is alive or dead for every input at once; SKNet's
+      ``L = 32`` keeps the selection from starting with every unit dead, as it did in
+      tests with ``d = r = 2``.
     - ``F_aggr`` is the sum over positions; since ``M_c`` sums to 1 it is the
       ``M``-weighted mean of ``σ(W_x X)_c``, one value per channel, broadcast-added to X.
     - ``W_x`` maps C to C channels (``M`` has one map per channel), followed by the gate.
@@ -119,7 +129,8 @@ class DSM(nn.Module):
         spatial_dims: 2 for (B, C, H, W) inputs, 3 for (B, C, D, H, W).
         mode: one of :data:`MODES`: "full", "series", "parallel", "channel", "spatial".
         rd_ratio: reduction ratio as a fraction in (0, 1], e.g. 1/16 or 1/2.
-        rd_channels: reduced width r; overrides ``rd_ratio`` when given.
+        rd_channels: reduced width r; overrides ``rd_ratio`` when given (at least 2 in
+            the modes with a spatial map).
         rd_divisor: ``r`` is rounded to a multiple of this (timm's ``make_divisible``).
         act_layer: activation after the selection FC's reduction (name, class or None).
         gate_layer: the gate σ of ``C``, ``S`` and ``σ(W_x X)`` (default sigmoid).
@@ -154,7 +165,7 @@ class DSM(nn.Module):
         self.channels = channels
         self.spatial_dims = spatial_dims
         self.mode = mode
-        self.rd_channels = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)
+        self.rd_channels = _reduced_width(channels, mode, rd_ratio, rd_channels, rd_divisor)
         self.gate = create_act(gate_layer, default="sigmoid")
         conv = conv_nd(spatial_dims)
         rd = self.rd_channels
@@ -169,9 +180,9 @@ class DSM(nn.Module):
         if mode in _USES_SELF_ATTENTION:
             self.value_proj = conv(channels, channels, kernel_size=1)  # W_x
         if mode == "full":
-            self.select_reduce = nn.Linear(channels, rd)
+            self.select_reduce = nn.Linear(channels, max(rd, SK_MIN_WIDTH))
             self.select_act = create_act(act_layer, default="relu")
-            self.select_expand = nn.Linear(rd, 2 * channels)  # logits of (Q, P) per channel
+            self.select_expand = nn.Linear(max(rd, SK_MIN_WIDTH), 2 * channels)  # Q, P logits
         if identity_init:
             self.gamma = nn.Parameter(torch.zeros(channels))
         else:
@@ -320,6 +331,17 @@ def _check_options(mode, rd_ratio, rd_channels, rd_divisor) -> None:
         raise ValueError(f"rd_channels must be a positive int or None, got {rd_channels!r}")
     if isinstance(rd_divisor, bool) or not isinstance(rd_divisor, int) or rd_divisor < 1:
         raise ValueError(f"rd_divisor must be a positive int, got {rd_divisor!r}")
+
+
+def _reduced_width(channels: int, mode: str, rd_ratio, rd_channels, rd_divisor) -> int:
+    if rd_channels is None:
+        return max(2, reduced_channels(channels, rd_ratio, None, rd_divisor))
+    if rd_channels < 2 and mode in _USES_SPATIAL:
+        raise ValueError(
+            f"rd_channels must be at least 2 in DSM mode {mode!r}: the spatial map's softmax over "
+            f"{rd_channels!r} query channel is constant; got rd_channels={rd_channels!r}"
+        )
+    return rd_channels
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:

@@ -265,7 +265,8 @@ def _expected_parameters(mode: str, c: int, r: int, identity_init: bool) -> int:
     channel = (c + 1) + (c * r + r) + (r * c + c)  # W_q: C→1, W_v: C→r, W_z: r→C
     spatial = 2 * (c * r + r)  # W_q', W_v': C→r
     value = c * c + c  # W_x: C→C
-    select = (c * r + r) + (r * 2 * c + 2 * c)  # FC C→r, FC r→2C
+    d = max(r, 32)  # SKNet's hidden width max(C/r, L), L = 32
+    select = (c * d + d) + (d * 2 * c + 2 * c)  # FC C→d, FC d→2C
     parts = {
         "full": channel + spatial + value + select,
         "series": channel + spatial + value,
@@ -277,11 +278,13 @@ def _expected_parameters(mode: str, c: int, r: int, identity_init: bool) -> int:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("channels", "rd_ratio"), [(64, 1 / 16), (30, 1 / 2), (5, 1 / 16)])
+@pytest.mark.parametrize(
+    ("channels", "rd_ratio"), [(64, 1 / 16), (30, 1 / 2), (5, 1 / 16), (16, 1 / 16), (96, 1 / 2)]
+)
 @pytest.mark.parametrize("identity_init", [True, False])
 def test_parameter_count(mode, channels, rd_ratio, identity_init):
     block = DSM(channels, spatial_dims=3, mode=mode, rd_ratio=rd_ratio, identity_init=identity_init)
-    rd = max(1, round(channels * rd_ratio))
+    rd = max(2, round(channels * rd_ratio))
     assert block.rd_channels == rd
     count = sum(p.numel() for p in block.parameters())
     assert count == _expected_parameters(mode, channels, rd, identity_init)
@@ -291,6 +294,34 @@ def test_rd_channels_and_divisor():
     assert DSM(64, rd_channels=7).rd_channels == 7
     assert DSM(64, rd_ratio=1 / 16, rd_divisor=8).rd_channels == 8
     assert DSM(48, rd_ratio=1 / 2, rd_divisor=16).rd_channels == 32  # 24 rounds up to 32
+
+
+def test_spatial_query_is_never_a_single_channel():
+    """With r = 1 the softmax over the pooled query channels would be constant (= 1)."""
+    block = DSM(16, spatial_dims=3)  # 16 / 16 = 1, raised to 2
+    assert block.rd_channels == 2
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    x = torch.randn(1, 16, 3, 4, 5, generator=torch.Generator().manual_seed(6))
+    (block(x) * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))).sum().backward()
+    assert block.spatial_query.weight.grad.abs().sum() > 0
+    for mode in ("full", "series", "parallel", "spatial"):
+        with pytest.raises(ValueError, match="rd_channels must be at least 2"):
+            DSM(16, mode=mode, rd_channels=1)
+    assert DSM(16, mode="channel", rd_channels=1).rd_channels == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_selection_starts_with_live_units(seed):
+    """The selection FC's input is positive, so a narrow ReLU layer can start all dead."""
+    torch.manual_seed(seed)
+    block = DSM(16, spatial_dims=3, rd_ratio=1 / 8)  # r = 2, selection width 32
+    assert block.select_reduce.out_features == 32
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    x = torch.randn(2, 16, 3, 4, 5, generator=torch.Generator().manual_seed(seed))
+    (block(x) * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))).sum().backward()
+    assert block.select_reduce.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
