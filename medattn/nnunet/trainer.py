@@ -77,3 +77,97 @@ class SmokeSchedule:
         rotation, do_dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return rotation, do_dummy_2d, patch_size, None
+
+
+# --- Benchmark schedule (medattn bench nnunet) -------------------------------------------
+
+#: Environment variables that set :class:`BenchSchedule`'s budget, with their defaults.
+BENCH_SCHEDULE_ENV = {
+    "MEDATTN_BENCH_EPOCHS": 4,
+    "MEDATTN_BENCH_ITERATIONS": 50,
+    "MEDATTN_BENCH_VAL_ITERATIONS": 2,
+}
+
+#: File, in the trainer's output folder, holding the timed training steps.
+BENCH_STEP_TIMES_FILE = "bench_step_times.json"
+
+
+def bench_schedule_from_env(environ=None) -> dict[str, int]:
+    """The :class:`BenchSchedule` budget read from :data:`BENCH_SCHEDULE_ENV`.
+
+    Raises:
+        ValueError: if a variable is not a positive integer (names the variable and value).
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    schedule = {}
+    for name, default in BENCH_SCHEDULE_ENV.items():
+        raw = environ.get(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        schedule[name] = value
+    return schedule
+
+
+class BenchSchedule:
+    """Mixin: the short, identical schedule of ``medattn bench nnunet``.
+
+    The budget (epochs, training and validation iterations per epoch) comes from
+    :data:`BENCH_SCHEDULE_ENV`, so that the benchmark sets it for every trainer at once.
+    Each ``train_step`` (forward, backward, optimiser step on an already loaded batch)
+    is timed with ``time.perf_counter`` and the times are written as JSON to
+    :data:`BENCH_STEP_TIMES_FILE` in the output folder. nnU-Net's final validation is
+    skipped: the benchmark predicts the validation cases itself, timed. Augmentation is
+    nnU-Net's, mirroring included. Put it first in the bases:
+    ``class X_bench(BenchSchedule, X)``.
+    """
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        schedule = bench_schedule_from_env()
+        self.num_epochs = schedule["MEDATTN_BENCH_EPOCHS"]
+        self.num_iterations_per_epoch = schedule["MEDATTN_BENCH_ITERATIONS"]
+        self.num_val_iterations_per_epoch = schedule["MEDATTN_BENCH_VAL_ITERATIONS"]
+        self.bench_step_seconds: list[float] = []
+
+    def train_step(self, batch: dict) -> dict:
+        import time
+
+        start = time.perf_counter()
+        result = super().train_step(batch)  # returns the loss as a numpy value: synchronised
+        self.bench_step_seconds.append(time.perf_counter() - start)
+        return result
+
+    def on_train_end(self):
+        import os
+
+        super().on_train_end()
+        if self.local_rank == 0:
+            from medattn.data.io import write_json_atomic
+
+            record = {
+                "trainer": type(self).__name__,
+                "step_seconds": self.bench_step_seconds,
+                "num_parameters": sum(p.numel() for p in self.network.parameters()),
+                "num_epochs": self.num_epochs,
+                "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                "batch_size": self.batch_size,
+                "patch_size": list(self.configuration_manager.patch_size),
+                "torch_threads": torch.get_num_threads(),
+            }
+            write_json_atomic(os.path.join(self.output_folder, BENCH_STEP_TIMES_FILE), record, indent=1)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("BenchSchedule: nnU-Net's final validation skipped (the benchmark predicts itself)")

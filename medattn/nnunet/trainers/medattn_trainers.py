@@ -7,7 +7,7 @@ each inserts where, is in the README (``medattn nnunet list`` prints it too).
 """
 
 from medattn.nnunet.network import AttentionPlan
-from medattn.nnunet.trainer import SmokeSchedule, nnUNetTrainerAttention
+from medattn.nnunet.trainer import BenchSchedule, SmokeSchedule, nnUNetTrainerAttention
 
 # --- DSM (DSNet, Table 4) ----------------------------------------------------------------
 
@@ -115,3 +115,22 @@ class nnUNetTrainerDIA_smoke(SmokeSchedule, nnUNetTrainerDIA):
 
 class nnUNetTrainerSE_smoke(SmokeSchedule, nnUNetTrainerSE):
     """nnUNetTrainerSE on the smoke schedule."""
+
+
+# --- Benchmark variants (medattn bench nnunet): the BenchSchedule budget, timed steps -----
+
+
+class nnUNetTrainerStock_bench(BenchSchedule, nnUNetTrainerAttention):
+    """Stock nnU-Net network on the benchmark schedule (the reference for the others)."""
+
+
+class nnUNetTrainerDSM_bench(BenchSchedule, nnUNetTrainerDSM):
+    """nnUNetTrainerDSM on the benchmark schedule."""
+
+
+class nnUNetTrainerSNA_bench(BenchSchedule, nnUNetTrainerSNA):
+    """nnUNetTrainerSNA on the benchmark schedule."""
+
+
+class nnUNetTrainerDIA_bench(BenchSchedule, nnUNetTrainerDIA):
+    """nnUNetTrainerDIA on the benchmark schedule."""
