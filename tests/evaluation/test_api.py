@@ -229,6 +229,19 @@ def test_truncated_file_is_named(folders, suffix, keep):
         evaluate(pred_dir, gt_dir)
 
 
+def test_corrupted_compressed_nifti_is_named(folders):
+    # SimpleITK reads flipped bytes inside a .nii.gz as garbage voxels without an error;
+    # the gzip CRC catches them.
+    gt_dir, pred_dir, _ = folders
+    path = pred_dir / "case_03.nii.gz"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    path.write_bytes(bytes(data))
+    with pytest.raises(EvaluationError, match="case_03.nii.gz: cannot read image"):
+        evaluate(pred_dir, gt_dir)
+
+
 def test_file_that_is_not_an_image_is_named(folders):
     gt_dir, pred_dir, _ = folders
     (pred_dir / "case_01.nii.gz").write_bytes(b"this is not an image")
