@@ -171,3 +171,32 @@ class BenchSchedule:
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("BenchSchedule: nnU-Net's final validation skipped (the benchmark predicts itself)")
+
+
+# --- The demo's short schedule (medattn demo, issue 7) -----------------------------------
+
+
+class DemoSchedule:
+    """Mixin: the short schedule of ``medattn demo`` (``make demo``): 12 epochs of 16
+    iterations, 2 validation iterations each, nnU-Net's augmentation and mirroring kept.
+
+    nnU-Net's final validation is skipped: the demo predicts held-out cases with
+    ``medattn predict`` and scores them with ``medattn evaluate`` instead. Put it first in
+    the bases: ``class X_demo(DemoSchedule, X)``.
+    """
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 12
+        self.num_iterations_per_epoch = 16
+        self.num_val_iterations_per_epoch = 2
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("DemoSchedule: final validation skipped (the demo scores held-out cases itself)")

@@ -7,7 +7,7 @@ each inserts where, is in the README (``medattn nnunet list`` prints it too).
 """
 
 from medattn.nnunet.network import AttentionPlan
-from medattn.nnunet.trainer import BenchSchedule, SmokeSchedule, nnUNetTrainerAttention
+from medattn.nnunet.trainer import BenchSchedule, DemoSchedule, SmokeSchedule, nnUNetTrainerAttention
 
 # --- DSM (DSNet, Table 4) ----------------------------------------------------------------
 
@@ -134,3 +134,14 @@ class nnUNetTrainerSNA_bench(BenchSchedule, nnUNetTrainerSNA):
 
 class nnUNetTrainerDIA_bench(BenchSchedule, nnUNetTrainerDIA):
     """nnUNetTrainerDIA on the benchmark schedule."""
+
+
+# --- Demo variants (medattn demo / make demo): DemoSchedule, 12 epochs x 16 iterations ----
+
+
+class nnUNetTrainerStock_demo(DemoSchedule, nnUNetTrainerAttention):
+    """Stock nnU-Net network on the demo schedule (the reference of the demo's comparison)."""
+
+
+class nnUNetTrainerDSM_demo(DemoSchedule, nnUNetTrainerDSM):
+    """nnUNetTrainerDSM on the demo schedule."""
