@@ -30,7 +30,6 @@ recurrent state through them in execution order (DIA paper, section 4.2.1,
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -47,6 +46,7 @@ __all__ = [
     "attention_choices",
     "create",
     "dynunet_layout",
+    "dynunet_patch_size",
     "encoder_stages",
     "network_spec",
     "normalise_attention",
@@ -99,53 +99,56 @@ class NetworkSpec:
 def dynunet_layout(
     patch_size: Sequence[int],
     spacing: Sequence[float] | None = None,
-    max_downsamplings: int = 5,
-    min_size: int = 8,
+    min_feature_map_size: int = 4,
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Kernel sizes and strides for DynUNet from a patch size and voxel spacing.
+    """DynUNet kernel sizes and strides for a patch size and voxel spacing, planned by nnU-Net.
 
-    The rule is nnU-Net's (and MONAI's DynUNet tutorial's): at each level, halve every axis
-    whose spacing is at most twice the finest spacing and whose size is even and at least
-    ``min_size``; use kernel 3 on those "fine" axes and kernel 1 on axes that are still
-    more than twice coarser, so anisotropic volumes are convolved in-plane first.
+    This calls nnU-Net's own topology planner
+    (``nnunetv2.experiment_planning.experiment_planners.network_topology.get_pool_and_conv_props``),
+    so DynUNet gets the layout nnU-Net would plan: an axis is downsampled while its spacing
+    is within twice the finest spacing and its feature map stays at least
+    ``min_feature_map_size``; too-coarse axes get kernel 1 until the others catch up.
+    For MSD Task04 (patch 40 x 56 x 40 at 1 mm) this gives three stride-2 levels, the layout
+    of MONAI's DynUNet tutorial.
 
     Args:
-        patch_size: training patch (ROI) size per spatial axis, e.g. ``(40, 56, 40)``.
+        patch_size: training patch (ROI) size per spatial axis.
         spacing: voxel spacing per axis in the same order (defaults to isotropic).
-        max_downsamplings: upper bound on the number of stride-2 levels.
-        min_size: an axis is not halved below this size.
+        min_feature_map_size: smallest feature-map size along a downsampled axis.
 
     Returns:
         ``(kernel_size, strides)``, one entry per level; ``strides[0]`` is all ones.
 
     Raises:
-        ValueError: if sizes or spacings are not positive or their lengths differ.
+        ValueError: if sizes or spacings are not positive or do not match, or if the patch
+            size is not a multiple of the planned downsampling (the message names the
+            patch size nnU-Net would use instead).
     """
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
     sizes = [int(s) for s in patch_size]
     spacings = [1.0] * len(sizes) if spacing is None else [float(s) for s in spacing]
     if len(sizes) not in (2, 3) or len(spacings) != len(sizes):
         raise ValueError(f"patch_size {tuple(patch_size)} and spacing {spacing} need 2 or 3 matching axes")
     if min(sizes) < 1 or min(spacings) <= 0:
         raise ValueError(f"patch_size {tuple(patch_size)} and spacing {spacing} must be positive")
+    _, strides, kernels, planned_size, _ = get_pool_and_conv_props(spacings, sizes, min_feature_map_size, 999999)
+    planned_size = [int(v) for v in planned_size]
+    if planned_size != sizes:
+        raise ValueError(
+            f"patch size {sizes} does not divide by the planned downsampling {[list(s) for s in strides]}; "
+            f"use {planned_size} instead"
+        )
+    return [[int(k) for k in kernel] for kernel in kernels], [[int(v) for v in stride] for stride in strides]
 
-    def fine_axes(current_spacings):
-        finest = min(current_spacings)
-        return [sp <= 2 * finest for sp in current_spacings]
 
-    kernels = [[3 if fine else 1 for fine in fine_axes(spacings)]]
-    strides = [[1] * len(sizes)]
-    for _ in range(max_downsamplings):
-        stride = [
-            2 if fine and size >= min_size and size % 2 == 0 else 1
-            for fine, size in zip(fine_axes(spacings), sizes)
-        ]
-        if all(s == 1 for s in stride):
-            break
-        sizes = [size // s for size, s in zip(sizes, stride)]
-        spacings = [sp * s for sp, s in zip(spacings, stride)]
-        strides.append(stride)
-        kernels.append([3 if fine else 1 for fine in fine_axes(spacings)])
-    return kernels, strides
+def dynunet_patch_size(patch_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[int]:
+    """The patch size nnU-Net's planner makes of ``patch_size``: rounded up to a multiple of
+    its planned downsampling, so that :func:`dynunet_layout` accepts it."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    spacings = [1.0] * len(patch_size) if spacing is None else [float(s) for s in spacing]
+    return [int(v) for v in get_pool_and_conv_props(spacings, [int(s) for s in patch_size], 4, 999999)[3]]
 
 
 def _build_dynunet(spatial_dims, in_channels, out_channels, *, patch_size=None, spacing=None, **kwargs):

@@ -95,21 +95,36 @@ class Predictor:
             geometry of the first channel's file.
         """
         from monai.inferers import sliding_window_inference
-        from monai.transforms import Invertd
 
         paths = [str(p) for p in image_paths]
         data = self.preprocess({"image": paths})
-        image = data["image"]
         logits = sliding_window_inference(
-            image[None].to(self.device), self.transforms.roi, self.sw_batch_size, self.network,
+            data["image"][None].to(self.device), self.transforms.roi, self.sw_batch_size, self.network,
             overlap=self.overlap, mode="gaussian",
         )
         probabilities = torch.softmax(logits[0].float(), dim=0).cpu()
-        data["pred"] = image.clone().set_array(probabilities) if hasattr(image, "set_array") else probabilities
+        return self.to_input_grid(data, probabilities), header(paths[0])
+
+    def to_input_grid(self, data: dict, probabilities: torch.Tensor) -> np.ndarray:
+        """Map class probabilities on the preprocessed grid back to the input file's grid.
+
+        Args:
+            data: the output of the preprocessing for this case (its ``"image"`` carries the
+                applied operations that ``Invertd`` undoes).
+            probabilities: (C, *spatial) on the preprocessed grid.
+
+        Returns:
+            The argmax label map (uint8) in SimpleITK's (z, y, x) order of the input file.
+        """
+        from monai.transforms import Invertd
+
+        data = dict(data)
+        data["pred"] = data["image"].clone().set_array(probabilities)
+        # Probabilities are resampled with linear interpolation, then argmax-ed: smoother
+        # boundaries than resampling the label map with nearest neighbour.
         inverted = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
         labels = torch.as_tensor(inverted["pred"]).argmax(dim=0).numpy().astype(np.uint8)
-        geometry = header(paths[0])
-        return np.ascontiguousarray(labels.T), geometry  # (x, y, z) -> SimpleITK's (z, y, x)
+        return np.ascontiguousarray(labels.T)  # MONAI's (x, y, z) -> SimpleITK's (z, y, x)
 
     def predict_folder(self, input_dir, output_dir, suffix: str = ".nii.gz") -> list[Path]:
         """Predict every case of ``input_dir`` into ``output_dir/{case}{suffix}``.

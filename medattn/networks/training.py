@@ -379,6 +379,8 @@ class Trainer:
             if len(spacing) != spatial_dims:
                 raise ValueError(f"spacing {spacing} has {len(spacing)} axes; the images have {spatial_dims}")
             roi = cfg.roi or auto_roi(info.median_shape(spacing), self._divisor(spatial_dims, None))
+            if cfg.roi is None and cfg.network == "dynunet" and "strides" not in cfg.network_kwargs:
+                roi = builders.dynunet_patch_size(roi, spacing)
             if len(roi) != spatial_dims:
                 raise ValueError(f"roi {roi} has {len(roi)} axes; the images have {spatial_dims}")
             transforms = TransformConfig(spacing, intensity_mode(info.channel_names), roi, cfg.samples_per_case)

@@ -110,8 +110,13 @@ def ras_affine(geometry: Geometry):
 
 def _load_channels(paths: Sequence[str], reference: Geometry | None, context: str):
     """Read image channels, check grids and finiteness; return (C, *spatial) array in (x, y, z) order."""
+    from medattn.preprocess.common import check_nifti_file
+
     arrays, geometry = [], None
     for path in paths:
+        # SimpleITK reads NaN voxels of a NIfTI file as 0 and a truncated file as zeros;
+        # nibabel sees both.
+        check_nifti_file(path, context)
         array, this_geometry = read_image(path)
         if reference is not None and array.ndim == len(reference.shape) + 1 and len(paths) == 1:
             # MSD multi-modal 4D file: channels are its first SimpleITK axis.
@@ -148,7 +153,7 @@ class LoadImageSITKd:
     Raises:
         ImageReadError: for an unreadable file, naming it.
         GeometryMismatchError: when channels or label do not share one grid, naming both files.
-        ValueError: for NaN or infinite intensities, naming the file.
+        ValueError: for NaN or infinite intensities or a truncated NIfTI file, naming the file.
     """
 
     def __init__(self, image_key: str = "image", label_key: str | None = "label"):
@@ -166,6 +171,9 @@ class LoadImageSITKd:
             raise ImageReadError(f"case {data.get('case_id', '?')}: no image file given")
         label_array = label_geometry = None
         if self.label_key is not None and self.label_key in data:
+            from medattn.preprocess.common import check_nifti_file
+
+            check_nifti_file(data[self.label_key], f"case {data.get('case_id', paths[0])}")
             label_array, label_geometry = read_image(data[self.label_key])
         image, geometry = _load_channels(paths, label_geometry, context=f"case {data.get('case_id', paths[0])}")
         affine = ras_affine(geometry)
