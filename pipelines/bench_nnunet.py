@@ -139,8 +139,10 @@ def compare_to_reference(metrics, reference_metrics, labels: Mapping[int, str] =
     return paired_comparison(metrics, reference_metrics, list(labels), dict(labels), metrics=("dice", "hd95"))
 
 
-def _fmt(value: float, digits: int) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int, sign: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _mean_std(summary: Mapping, metric: str, label: int, digits: int) -> str:
@@ -196,7 +198,7 @@ def format_tables(results: Mapping[str, Mapping], labels: Mapping[int, str] = CL
             cells = [name, class_name]
             for metric, digits in (("dice", 4), ("hd95", 2)):
                 row = record["paired"][metric][k]
-                cells += [f"{row['mean_diff']:+.{digits}f}", _fmt(row["p_value"], 3),
+                cells += [_fmt(row["mean_diff"], digits, sign=True), _fmt(row["p_value"], 3),
                           f"{row['wins']}/{row['ties']}/{row['losses']}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
