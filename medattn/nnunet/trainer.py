@@ -177,13 +177,18 @@ class BenchSchedule:
 
 
 class DemoSchedule:
-    """Mixin: the short schedule of ``medattn demo`` (``make demo``): 12 epochs of 16
+    """Mixin: the short schedule of ``medattn demo`` (``make demo``): 8 epochs of 10
     iterations, 2 validation iterations each, nnU-Net's augmentation and mirroring kept.
 
-    nnU-Net's final validation is skipped: the demo predicts held-out cases with
-    ``medattn predict`` and scores them with ``medattn evaluate`` instead. Put it first in
-    the bases: ``class X_demo(DemoSchedule, X)``.
+    ``MEDATTN_DEMO_EPOCHS`` and ``MEDATTN_DEMO_ITERATIONS`` override the budget (the tests
+    run the demo with 1 epoch of 2 iterations). nnU-Net's final validation is skipped: the
+    demo predicts held-out cases with ``medattn predict`` and scores them with
+    ``medattn evaluate`` instead. Put it first in the bases: ``class X_demo(DemoSchedule, X)``.
     """
+
+    demo_epochs = 8
+    demo_iterations = 10
+    demo_val_iterations = 2
 
     def __init__(
         self,
@@ -194,9 +199,26 @@ class DemoSchedule:
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 12
-        self.num_iterations_per_epoch = 16
-        self.num_val_iterations_per_epoch = 2
+        self.num_epochs, self.num_iterations_per_epoch = self.demo_budget()
+        self.num_val_iterations_per_epoch = self.demo_val_iterations
+
+    @classmethod
+    def demo_budget(cls) -> tuple[int, int]:
+        """``(epochs, iterations per epoch)``: the defaults or the environment's values.
+
+        Raises:
+            ValueError: for an environment value that is not a positive integer.
+        """
+        import os
+
+        budget = []
+        defaults = {"MEDATTN_DEMO_EPOCHS": cls.demo_epochs, "MEDATTN_DEMO_ITERATIONS": cls.demo_iterations}
+        for name, default in defaults.items():
+            text = os.environ.get(name, str(default))
+            if not text.isdigit() or int(text) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {text!r}")
+            budget.append(int(text))
+        return budget[0], budget[1]
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("DemoSchedule: final validation skipped (the demo scores held-out cases itself)")

@@ -20,17 +20,23 @@ def nnunet_dirs(tmp_path_factory) -> dict:
     dirs = {name: root / name for name in ("raw", "preprocessed", "results")}
     for folder in dirs.values():
         folder.mkdir()
-    make_phantom_dataset(dirs["raw"], n_cases=4, n_test=2, seed=0, shape=(24, 40, 40), dataset_id=DATASET_ID)
+    make_phantom_dataset(dirs["raw"], n_cases=5, n_test=2, seed=0, shape=(24, 40, 40), dataset_id=DATASET_ID)
     env = nnunet_environment(dirs["raw"], dirs["preprocessed"], dirs["results"], n_proc=2)
     return {**dirs, "env": env}
 
 
 @pytest.fixture(scope="session")
-def phantom_plans(nnunet_dirs) -> dict[str, Path]:
-    """nnU-Net's own plans for the phantom: default (PlainConvUNet) and ResEnc M."""
+def preprocessed_phantom(nnunet_dirs) -> dict:
+    """The phantom planned and preprocessed by nnU-Net's own command (3d_fullres), plus
+    ResEnc M plans; shared by every nnU-Net test of the session."""
     env = nnunet_dirs["env"]
-    run_nnunet("nnUNetv2_extract_fingerprint", ["-d", DATASET_ID, "-np", 1], env, timeout=300)
-    run_nnunet("nnUNetv2_plan_experiment", ["-d", DATASET_ID], env, timeout=300)
+    run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", DATASET_ID, "-c", "3d_fullres", "-np", 2], env, timeout=600)
     run_nnunet("nnUNetv2_plan_experiment", ["-d", DATASET_ID, "-pl", "nnUNetPlannerResEncM"], env, timeout=300)
-    folder = nnunet_dirs["preprocessed"] / DATASET
+    return nnunet_dirs
+
+
+@pytest.fixture(scope="session")
+def phantom_plans(preprocessed_phantom) -> dict[str, Path]:
+    """nnU-Net's own plans for the phantom: default (PlainConvUNet) and ResEnc M."""
+    folder = preprocessed_phantom["preprocessed"] / DATASET
     return {"plain": folder / "nnUNetPlans.json", "resenc": folder / "nnUNetResEncUNetMPlans.json"}

@@ -136,7 +136,7 @@ class nnUNetTrainerDIA_bench(BenchSchedule, nnUNetTrainerDIA):
     """nnUNetTrainerDIA on the benchmark schedule."""
 
 
-# --- Demo variants (medattn demo / make demo): DemoSchedule, 12 epochs x 16 iterations ----
+# --- Demo variants (medattn demo / make demo): DemoSchedule, 8 epochs x 10 iterations -----
 
 
 class nnUNetTrainerStock_demo(DemoSchedule, nnUNetTrainerAttention):

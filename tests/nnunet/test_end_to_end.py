@@ -1,0 +1,80 @@
+"""Phantom -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (each smoke trainer) ->
+nnUNetv2_predict -> Dice, all through nnU-Net's own commands in subprocesses, with the
+trainers found through nnUNet_extTrainer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medattn.data.io import check_same_geometry, list_images, read_image, case_name
+from medattn.nnunet.commands import run_nnunet
+
+from .conftest import DATASET, DATASET_ID
+
+pytestmark = pytest.mark.slow
+
+SMOKE_TRAINERS = ["nnUNetTrainerDSM_smoke", "nnUNetTrainerSNA_smoke", "nnUNetTrainerDIA_smoke", "nnUNetTrainerSE_smoke"]
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
+    p, t = prediction == label, truth == label
+    denominator = p.sum() + t.sum()
+    return float(2 * np.logical_and(p, t).sum() / denominator) if denominator else float("nan")
+
+
+@pytest.fixture(scope="module", params=SMOKE_TRAINERS)
+def trained(request, preprocessed_phantom):
+    trainer = request.param
+    env = preprocessed_phantom["env"]
+    run_nnunet("nnUNetv2_train", [DATASET_ID, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], env, timeout=900)
+    model_folder = preprocessed_phantom["results"] / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    return trainer, model_folder, preprocessed_phantom
+
+
+def test_training_writes_a_final_checkpoint_named_after_the_trainer(trained):
+    trainer, model_folder, _ = trained
+    assert (model_folder / "fold_0" / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in (model_folder / "fold_0").glob("training_log_*.txt"))
+    assert "medattn attention:" in log
+
+
+def test_nnunet_predict_finds_the_trainer_and_keeps_geometry(trained, tmp_path):
+    trainer, model_folder, dirs = trained
+    images = dirs["raw"] / DATASET / "imagesTs"
+    labels = dirs["raw"] / DATASET / "labelsTs"
+    out = tmp_path / "pred"
+    run_nnunet(
+        "nnUNetv2_predict",
+        ["-i", images, "-o", out, "-d", DATASET_ID, "-c", "3d_fullres", "-f", 0, "-tr", trainer,
+         "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"],
+        dirs["env"],
+        timeout=600,
+    )
+    truths = list_images(labels)
+    assert [p.name for p in list_images(out)] == [p.name for p in truths]
+    for truth_path in truths:
+        prediction, predicted_geometry = read_image(out / truth_path.name)
+        truth, truth_geometry = read_image(truth_path)
+        check_same_geometry(truth_geometry, predicted_geometry, context=case_name(truth_path))
+        assert set(np.unique(prediction)) <= {0, 1, 2, 3}
+        dice = [_dice(prediction, truth, label) for label in (1, 2, 3)]
+        assert all(0.0 <= d <= 1.0 for d in dice), dice
+
+
+def test_checkpoint_reloaded_by_the_predictor_gives_the_in_memory_logits(trained):
+    trainer, model_folder, dirs = trained
+    script = Path(__file__).with_name("reload_logits.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(model_folder), trainer],
+        env=dirs["env"], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    differences = json.loads(result.stdout.strip().splitlines()[-1])
+    tolerance = 1e-4 * max(1.0, differences["scale"])
+    assert differences["network"] <= tolerance, differences
