@@ -1,1 +1,47 @@
-"""Batch inference on NIfTI volumes."""
+"""Batch inference on NIfTI volumes (``medattn predict``).
+
+    >>> from medattn.inference import predict
+    >>> report = predict("nnUNet_results/Dataset990_Phantom/nnUNetTrainerDSM__nnUNetPlans__3d_fullres",
+    ...                  "imagesTs", "predictions")  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+
+Modules:
+
+- :mod:`medattn.inference.predict`: :func:`predict`, :func:`detect_model`, the batch pipeline.
+- :mod:`medattn.inference.naming`: input files to cases, cases to output names.
+- :mod:`medattn.inference.backend`: the backend interface and the input checks.
+- :mod:`medattn.inference.nnunet_backend`: nnU-Net models through nnU-Net's predictor.
+- :mod:`medattn.inference.monai_backend`: MONAI-path checkpoints (sliding window, mirroring TTA).
+- :mod:`medattn.inference.cli`: ``medattn predict``.
+
+Names are loaded on first use so that ``medattn --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "predict": "medattn.inference.predict",
+    "PredictionReport": "medattn.inference.predict",
+    "CaseFailure": "medattn.inference.predict",
+    "ModelSource": "medattn.inference.predict",
+    "detect_model": "medattn.inference.predict",
+    "load_backend": "medattn.inference.predict",
+    "Case": "medattn.inference.naming",
+    "collect_inputs": "medattn.inference.naming",
+    "group_cases": "medattn.inference.naming",
+    "CaseError": "medattn.inference.backend",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

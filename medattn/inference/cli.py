@@ -1,0 +1,115 @@
+"""``medattn predict``: label maps for a folder (or list) of images with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXAMPLES = """\
+examples:
+  # an nnU-Net model trained with any trainer (medattn's are found automatically), all folds
+  medattn predict --model $nnUNet_results/Dataset990_Phantom/nnUNetTrainerDSM__nnUNetPlans__3d_fullres \\
+      --input $nnUNet_raw/Dataset990_Phantom/imagesTs --output predictions/dsm
+
+  # fold 0 only, on the CPU, without mirroring, keeping class probabilities (CASE.npz, CASE.pkl)
+  medattn predict --model MODEL_DIR --folds 0 --device cpu --no-tta --save-probabilities \\
+      --input scans/ --output predictions/
+
+  # a MONAI-path checkpoint (medattn train monai), on two files
+  medattn predict --model runs/phantom_dsm/checkpoint_best.pt --input a.nii.gz b_0000.nii.gz --output pred/
+
+naming: CASE_0000.nii.gz (+ CASE_0001... for more channels) gives CASE.nii.gz; a plain
+CASE.nii.gz keeps its name. Label maps have the input's shape, spacing, origin and
+direction. Existing outputs are skipped (the run resumes) unless --overwrite; files are
+written atomically. A case that cannot be read is reported and the others go on; the exit
+status is 1 when any case failed, with a summary of the failures.
+"""
+
+
+def register(subparsers) -> None:
+    """Add ``predict`` to the ``medattn`` parser."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="batch inference: label maps for NIfTI volumes with an nnU-Net model or MONAI checkpoint",
+        description="Predict a label map for every case of --input with a trained model: an nnU-Net training "
+        "output folder (nnU-Net's predictor: sliding window, Gaussian blending, mirroring TTA, fold ensemble) "
+        "or a checkpoint of `medattn train monai` (MONAI's sliding_window_inference with Gaussian blending "
+        "and mirroring TTA). The model type is detected from --model.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="nnU-Net training output folder ({trainer}__{plans}__{configuration}, or one of its "
+                        "fold_X folders) or MONAI checkpoint (.pt file or its training output folder)")
+    parser.add_argument("--input", "-i", required=True, nargs="+", metavar="DIR_OR_FILE",
+                        help="a folder of images and/or image files (.nii.gz, .nii, .nrrd, .mha)")
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the label maps")
+    parser.add_argument("--folds", "-f", nargs="+", type=_fold, metavar="FOLD",
+                        help="nnU-Net folds to ensemble, e.g. 0 1 2 3 4 or all (default: every fold with a "
+                        "checkpoint)")
+    parser.add_argument("--checkpoint", metavar="NAME",
+                        help="checkpoint file name: nnU-Net default checkpoint_final.pth (e.g. checkpoint_best.pth); "
+                        "MONAI output folder default checkpoint_best.pt")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (faster)")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write CASE.npz (class probabilities, nnU-Net's format) and CASE.pkl")
+    parser.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
+    parser.add_argument("-j", "--jobs", type=_positive, default=2, metavar="N",
+                        help="worker threads reading ahead and (as many) writing behind while the device "
+                        "predicts (default: 2)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _fold(text: str):
+    if text == "all":
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"invalid fold {text!r}: a non-negative integer or 'all'")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a positive integer")
+    return value
+
+
+def run(args) -> int:
+    """Handler of ``medattn predict``: 0 when every case is predicted or skipped, 1 when any failed,
+    2 for an unusable model, input or option."""
+    import signal
+    import threading
+
+    from medattn.inference.predict import predict
+
+    # SIGTERM as an exception, so that half-written temporary files are removed on the way out
+    # (signal handlers can only be set from the main thread).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_exit) if main_thread else None
+    try:
+        report = predict(
+            args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
+            tta=not args.no_tta, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+            jobs=args.jobs, progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as err:
+        print(f"medattn predict: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"model: {report.model}")
+    print(f"output: {args.output}")
+    print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)

@@ -1,0 +1,164 @@
+"""MONAI-path checkpoints (``medattn train monai``): MONAI's sliding window, Gaussian blending,
+mirroring TTA.
+
+The checkpoint's own preprocessing (:func:`medattn.networks.transforms.inference_transforms`:
+RAS orientation, resampling to the training spacing, intensity scheme) prepares the
+image; ``monai.inferers.sliding_window_inference`` runs the network over windows of the
+training ROI with overlap 0.5 and Gaussian importance weighting; with TTA every window is
+also predicted mirrored along each combination of spatial axes (2^d - 1 flips) and the
+logits are averaged, as nnU-Net does. Class probabilities are mapped back to the input's
+grid with MONAI's ``Invertd`` (linear interpolation), then argmax-ed, and the label map is
+written with the first input file's geometry.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medattn.data.io import Geometry, write_image
+from medattn.inference.backend import CaseError, check_input_file, write_probabilities
+from medattn.inference.naming import Case
+
+__all__ = ["MonaiBackend", "MirroredNetwork", "find_monai_checkpoint"]
+
+#: Checkpoint names of a ``medattn train monai`` output folder, in order of preference.
+CHECKPOINT_NAMES = ("checkpoint_best.pt", "checkpoint_last.pt")
+
+
+def find_monai_checkpoint(path: Path, checkpoint: str | None = None) -> Path | None:
+    """The checkpoint file ``path`` designates: the file itself, or in a training output
+    folder ``checkpoint`` (default: ``checkpoint_best.pt``, else ``checkpoint_last.pt``);
+    None when there is none."""
+    if path.is_file():
+        return path
+    for name in (checkpoint,) if checkpoint else CHECKPOINT_NAMES:
+        if (path / name).is_file():
+            return path / name
+    return None
+
+
+class MirroredNetwork(torch.nn.Module):
+    """``network`` averaged over its input mirrored along every combination of ``axes``.
+
+    ``forward(x) = mean over subsets S of axes of flip_S(network(flip_S(x)))``, the empty
+    subset included, so with 3 axes the network runs 8 times. Only the first output is
+    used when the network returns several (deep supervision).
+
+    Args:
+        network: maps (B, C, *spatial) to (B, K, *spatial) logits.
+        axes: spatial axes to mirror, counted from 0 (the first spatial axis).
+    """
+
+    def __init__(self, network: torch.nn.Module, axes: tuple[int, ...]):
+        super().__init__()
+        self.network = network
+        self.flips = [tuple(a + 2 for a in combo) for n in range(1, len(axes) + 1)
+                      for combo in itertools.combinations(axes, n)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = _first(self.network(x))
+        for dims in self.flips:
+            total = total + torch.flip(_first(self.network(torch.flip(x, dims))), dims)
+        return total / (len(self.flips) + 1)
+
+
+def _first(output):
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+@dataclass
+class _Prepared:
+    data: dict  # the preprocessing's output; data["image"] carries what Invertd undoes
+    geometry: Geometry  # of the first input file
+
+
+class MonaiBackend:
+    """Predict with a checkpoint written by ``medattn train monai``.
+
+    Args:
+        checkpoint: the ``.pt`` file.
+        device: where the network runs.
+        tta: mirroring test-time augmentation over every spatial axis.
+        sw_batch_size: windows per forward pass.
+
+    Raises:
+        ValueError: if the checkpoint cannot be read or rebuilt, naming it.
+    """
+
+    kind = "monai"
+
+    def __init__(self, checkpoint: Path, device: torch.device, tta: bool = True, sw_batch_size: int = 2):
+        from medattn.networks.training import load_checkpoint
+        from medattn.networks.transforms import TransformConfig, inference_transforms
+
+        network, config = load_checkpoint(checkpoint)
+        self.transforms = TransformConfig.from_dict(config["transforms"])
+        self.preprocess = inference_transforms(self.transforms)
+        self.num_channels = int(config["network"]["in_channels"])
+        self.num_classes = int(config["network"]["out_channels"])
+        self.device = device
+        self.sw_batch_size = sw_batch_size
+        axes = tuple(range(self.transforms.spatial_dims)) if tta else ()
+        self.network = (MirroredNetwork(network, axes) if axes else network).to(device).eval()
+        self.description = (
+            f"MONAI {config['network']['name']} (attention {config['network'].get('attention') or 'none'}) "
+            f"from {checkpoint}, {device}, TTA mirroring axes {axes or 'none'}"
+        )
+
+    def prepare(self, case: Case) -> _Prepared:
+        """Read, check and preprocess the case with the checkpoint's transforms."""
+        from medattn.networks.data import header
+
+        for path in case.files:
+            check_input_file(path)
+        try:
+            data = self.preprocess({"image": [str(p) for p in case.files]})
+        except Exception as err:  # MONAI wraps reader errors in RuntimeError("applying transform ...")
+            raise CaseError(f"{', '.join(map(str, case.files))}: cannot preprocess ({_root_cause(err)})") from err
+        if data["image"].shape[0] != self.num_channels:
+            raise CaseError(f"{', '.join(map(str, case.files))}: wrong channel count: {data['image'].shape[0]} "
+                            f"channel(s), the model needs {self.num_channels}")
+        return _Prepared(data, header(case.files[0]))
+
+    @torch.inference_mode()
+    def infer(self, prepared: _Prepared) -> torch.Tensor:
+        """Class probabilities (K, *spatial) on the preprocessed grid, on the CPU."""
+        from monai.inferers import sliding_window_inference
+
+        image = prepared.data["image"].as_tensor()[None].to(self.device)
+        logits = sliding_window_inference(
+            image, self.transforms.roi, self.sw_batch_size, self.network, overlap=0.5, mode="gaussian",
+        )
+        return torch.softmax(logits[0].float(), dim=0).cpu()
+
+    def export(self, case: Case, prepared: _Prepared, probabilities: torch.Tensor, output_dir: Path,
+               save_probabilities: bool) -> None:
+        """Probabilities back to the input grid (``Invertd``), argmax, atomic writes."""
+        from monai.transforms import Invertd
+
+        data = dict(prepared.data)
+        data["pred"] = data["image"].clone().set_array(probabilities)
+        inverted = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
+        # MONAI's (K, x, y, z) -> SimpleITK's (K, z, y, x)
+        on_input_grid = np.ascontiguousarray(torch.as_tensor(inverted["pred"]).numpy().transpose(0, 3, 2, 1)
+                                             if probabilities.ndim == 4 else
+                                             torch.as_tensor(inverted["pred"]).numpy().transpose(0, 2, 1))
+        if tuple(on_input_grid.shape[1:]) != tuple(prepared.geometry.shape):
+            raise CaseError(f"{case.files[0]}: internal error: prediction shape {on_input_grid.shape[1:]} "
+                            f"differs from the input's {prepared.geometry.shape}")
+        labels = on_input_grid.argmax(axis=0).astype(np.uint8 if self.num_classes <= 256 else np.uint16)
+        if save_probabilities:
+            write_probabilities(case, output_dir, on_input_grid.astype(np.float32),
+                                {"geometry": asdict(prepared.geometry), "files": [str(p) for p in case.files]})
+        write_image(labels, prepared.geometry, case.label_path(output_dir))
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {err}"

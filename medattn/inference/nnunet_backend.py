@@ -1,0 +1,171 @@
+"""nnU-Net models: nnU-Net's own predictor, driven case by case in this process.
+
+Each step is nnU-Net's code, so a label map equals ``nnUNetv2_predict``'s for the same
+model and settings: the reader/writer named in the plans, ``DefaultPreprocessor.run_case_npy``
+(transpose, crop to non-zero, normalise, resample), ``nnUNetPredictor`` (sliding window
+with step 0.5, Gaussian weighting, mirroring over the axes the trainer allowed, fold
+ensembling) and ``convert_predicted_logits_to_segmentation_with_correct_shape`` (resample
+back, argmax, uncrop, transpose back). What this module adds: medattn's trainers are
+registered before the trainer class is looked up, inputs are checked and errors name the
+file, and outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medattn.data.io import atomic_write
+from medattn.inference.backend import CaseError, check_finite, check_input_file, write_probabilities
+from medattn.inference.naming import Case
+
+__all__ = ["NNUNetBackend", "available_folds", "is_nnunet_model"]
+
+CHECKPOINT = "checkpoint_final.pth"
+
+
+def is_nnunet_model(folder: Path) -> bool:
+    """True for an nnU-Net training output folder (``plans.json``, ``dataset.json``, ``fold_*``)."""
+    return (folder / "plans.json").is_file() and (folder / "dataset.json").is_file()
+
+
+def available_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[int | str]:
+    """Folds of ``folder`` holding ``checkpoint``: numbered folds in order, else ``["all"]``."""
+    numbered = sorted(
+        int(p.name[len("fold_"):]) for p in folder.glob("fold_*")
+        if p.name[len("fold_"):].isdigit() and (p / checkpoint).is_file()
+    )
+    if numbered:
+        return numbered
+    return ["all"] if (folder / "fold_all" / checkpoint).is_file() else []
+
+
+@dataclass
+class _Prepared:
+    data: torch.Tensor  # preprocessed (C, *spatial) float32
+    properties: dict  # nnU-Net's properties of the case (geometry, crop box, shapes)
+    input_shape: tuple[int, ...]  # array shape of the input in the reader's axis order
+
+
+class NNUNetBackend:
+    """Predict with a model trained by nnU-Net (any trainer, medattn's included).
+
+    Args:
+        model_dir: the training output folder ``{trainer}__{plans}__{configuration}``.
+        folds: folds to ensemble (ints or "all"); None: every fold holding ``checkpoint``.
+        checkpoint: checkpoint file name inside each fold folder.
+        device: where the network runs.
+        tta: mirroring test-time augmentation over the axes the trainer allowed.
+
+    Raises:
+        ValueError: for a missing fold or checkpoint, naming what is available.
+    """
+
+    kind = "nnunet"
+
+    def __init__(self, model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str | None,
+                 device: torch.device, tta: bool = True):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        from medattn.nnunet import register_trainers
+
+        checkpoint = checkpoint or CHECKPOINT
+        folds = _check_folds(model_dir, folds, checkpoint)
+        register_trainers()
+        # nnU-Net prints its trainer search and device notes; keep them for errors only.
+        chatter = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(chatter):
+                predictor = nnUNetPredictor(
+                    tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                    perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
+                )
+                predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint)
+        except Exception as err:
+            raise ValueError(f"{model_dir}: cannot load the nnU-Net model ({type(err).__name__}: {err})\n"
+                             f"{chatter.getvalue().strip()}") from err
+        self.predictor = predictor
+        self.plans_manager = predictor.plans_manager
+        self.configuration_manager = predictor.configuration_manager
+        self.dataset_json = predictor.dataset_json
+        self.label_manager = predictor.label_manager
+        self.num_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                         self.dataset_json)
+        if self.configuration_manager.previous_stage_name is not None:
+            raise ValueError(f"{model_dir}: cascade stage models (previous stage "
+                             f"{self.configuration_manager.previous_stage_name!r}) are not supported")
+        mirroring = predictor.allowed_mirroring_axes if tta else None
+        self.description = (
+            f"nnU-Net {predictor.trainer_name}, folds {', '.join(map(str, folds))} ({checkpoint}), "
+            f"{device}, TTA mirroring axes {tuple(mirroring) if mirroring else 'none'}"
+        )
+
+    def prepare(self, case: Case) -> _Prepared:
+        """Read the case with the plans' reader, check it and preprocess it as nnU-Net does."""
+        for path in case.files:
+            check_input_file(path)
+        reader = self.plans_manager.image_reader_writer_class()
+        try:
+            data, properties = reader.read_images([str(p) for p in case.files])
+        except Exception as err:  # nnU-Net's readers print details and raise bare RuntimeErrors
+            raise CaseError(f"{', '.join(map(str, case.files))}: cannot read the channels together "
+                            f"({type(err).__name__}: {err or 'shape or spacing differ between channels'})") from err
+        if data.shape[0] != self.num_channels:
+            raise CaseError(f"{', '.join(map(str, case.files))}: wrong channel count: {data.shape[0]} channel(s), "
+                            f"the model needs {self.num_channels}")
+        check_finite(data, case.files)
+        input_shape = tuple(data.shape[1:])
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(
+            data, None, properties, self.plans_manager, self.configuration_manager, self.dataset_json
+        )
+        return _Prepared(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, input_shape)
+
+    def infer(self, prepared: _Prepared) -> torch.Tensor:
+        """Logits on the preprocessed grid, averaged over folds (and mirrorings)."""
+        return self.predictor.predict_logits_from_preprocessed_data(prepared.data).cpu()
+
+    def export(self, case: Case, prepared: _Prepared, logits: torch.Tensor, output_dir: Path,
+               save_probabilities: bool) -> None:
+        """Resample back to the input grid, argmax, and write (probabilities first, label map last)."""
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, prepared.properties,
+            return_probabilities=save_probabilities,
+            # the current count: nnU-Net's default would change the process-wide setting under the
+            # main thread's prediction
+            num_threads_torch=torch.get_num_threads(),
+        )
+        segmentation, probabilities = result if save_probabilities else (result, None)
+        if tuple(segmentation.shape) != prepared.input_shape:
+            raise CaseError(f"{case.files[0]}: internal error: label map shape {tuple(segmentation.shape)} "
+                            f"differs from the input's {prepared.input_shape}")
+        if probabilities is not None:
+            write_probabilities(case, output_dir, probabilities, prepared.properties)
+        target = case.label_path(output_dir)
+        writer = self.plans_manager.image_reader_writer_class()
+        with atomic_write(target, suffix=case.suffix) as tmp:
+            writer.write_seg(segmentation, str(tmp), prepared.properties)
+
+
+def _check_folds(model_dir: Path, folds, checkpoint: str) -> list[int | str]:
+    available = available_folds(model_dir, checkpoint)
+    if folds is None:
+        if not available:
+            raise ValueError(f"{model_dir}: no fold_*/{checkpoint} found (has training finished? "
+                             "pick another file with --checkpoint, e.g. checkpoint_best.pth)")
+        return available
+    wanted = [f if f == "all" else int(f) for f in folds]
+    missing = [f for f in wanted if not (model_dir / f"fold_{f}" / checkpoint).is_file()]
+    if missing:
+        raise ValueError(f"{model_dir}: no {checkpoint} for fold(s) {', '.join(map(str, missing))}; "
+                         f"available: {', '.join(map(str, available)) or 'none'}")
+    return wanted

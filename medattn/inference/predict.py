@@ -1,0 +1,367 @@
+"""Batch prediction of label maps: :func:`predict` (what ``medattn predict`` runs).
+
+The model type is detected from the path (:func:`detect_model`): an nnU-Net training
+output folder (``plans.json``, ``dataset.json``, ``fold_X/``) or a checkpoint of the
+MONAI path (a ``.pt`` file, or a ``medattn train monai`` output folder).
+
+The batch is a pipeline over cases: ``-j`` worker threads read and preprocess the next
+cases and write the finished ones while the device predicts the current case, which is
+how ``nnUNetv2_predict`` keeps the GPU busy (it uses processes; threads suffice here since
+numpy, SimpleITK and torch release the GIL, and they avoid its spawn pitfalls).
+
+Reliability:
+
+- resumable: a case whose label map exists (and, with ``save_probabilities``, its
+  ``.npz``/``.pkl``) is skipped unless ``overwrite``; the label map is written last, so its
+  presence means the case is complete;
+- atomic: every file is written to a temporary name and renamed
+  (:func:`medattn.data.io.atomic_write`); temporary files left by a killed run are
+  removed when the next run starts;
+- a case that fails (unreadable or truncated file, wrong channel count, NaNs, ...) is
+  reported with the file and the reason, and the batch goes on;
+  :attr:`PredictionReport.failures` lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from medattn.inference.naming import Case, collect_inputs, group_cases
+
+__all__ = ["CaseFailure", "ModelSource", "PredictionReport", "detect_model", "load_backend", "predict",
+           "resolve_device"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model path and its type.
+
+    Attributes:
+        kind: "nnunet" or "monai".
+        path: the nnU-Net training output folder, or the MONAI checkpoint file.
+        fold: for an nnU-Net ``fold_X`` folder given directly, that fold.
+    """
+
+    kind: str
+    path: Path
+    fold: int | str | None = None
+
+
+def detect_model(model: str | os.PathLike, checkpoint: str | None = None) -> ModelSource:
+    """Tell an nnU-Net model folder from a MONAI-path checkpoint.
+
+    Args:
+        model: an nnU-Net training output folder (``{trainer}__{plans}__{config}`` holding
+            ``plans.json``, ``dataset.json`` and ``fold_X/``) or one of its ``fold_X``
+            folders; a MONAI checkpoint file (``.pt``/``.pth``) or the folder
+            ``medattn train monai`` wrote.
+        checkpoint: checkpoint file name inside a MONAI output folder.
+
+    Raises:
+        FileNotFoundError: if ``model`` does not exist.
+        ValueError: if it is neither, saying what was expected.
+    """
+    from medattn.inference.monai_backend import find_monai_checkpoint
+    from medattn.inference.nnunet_backend import is_nnunet_model
+
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {path}: no such file or folder")
+    if path.is_dir() and is_nnunet_model(path):
+        return ModelSource("nnunet", path)
+    if path.is_dir() and path.name.startswith("fold_") and is_nnunet_model(path.parent):
+        fold = path.name[len("fold_"):]
+        return ModelSource("nnunet", path.parent, int(fold) if fold.isdigit() else fold)
+    found = find_monai_checkpoint(path, checkpoint if path.is_dir() else None)
+    if found is not None and found.suffix in (".pt", ".pth"):
+        return ModelSource("monai", found)
+    raise ValueError(
+        f"--model {path}: not a model. Expected an nnU-Net training output folder (with plans.json, "
+        "dataset.json and fold_X/checkpoint_final.pth, e.g. nnUNet_results/Dataset990_Phantom/"
+        "nnUNetTrainerDSM__nnUNetPlans__3d_fullres) or a MONAI checkpoint from `medattn train monai` "
+        "(checkpoint_best.pt, or its output folder)"
+    )
+
+
+def resolve_device(device: str):
+    """``"auto"``: CUDA if available, else Apple MPS, else CPU; otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: for an unknown device, or CUDA asked for where there is none.
+    """
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps") if mps is not None and mps.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: unknown device (use auto, cpu, cuda, cuda:1, mps)") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
+    return resolved
+
+
+def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = None, device="auto", tta: bool = True):
+    """The backend (:class:`~medattn.inference.backend.Backend`) for a detected model."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if source.kind == "nnunet":
+        from medattn.inference.nnunet_backend import NNUNetBackend
+
+        if folds is None and source.fold is not None:
+            folds = [source.fold]
+        return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta)
+    if folds:
+        raise ValueError(f"--folds applies to nnU-Net models; {source.path} is a single MONAI checkpoint")
+    from medattn.inference.monai_backend import MonaiBackend
+
+    return MonaiBackend(source.path, device, tta=tta)
+
+
+@dataclass(frozen=True)
+class CaseFailure:
+    """A case that was not predicted and why (the message names the file)."""
+
+    case: str
+    message: str
+
+
+@dataclass
+class PredictionReport:
+    """What a :func:`predict` run did.
+
+    Attributes:
+        written: label maps written by this run, in case order.
+        skipped: cases whose outputs existed already.
+        failures: cases that failed, with the reason.
+        seconds: per written case, the time its reading, prediction and writing took
+            (reading and writing overlap other cases' predictions, so these add up to
+            more than ``total_seconds`` when ``jobs`` > 0).
+        total_seconds: wall time of the batch, from the first read to the last write (the
+            model is loaded before).
+        model: one line describing the model, folds, device and TTA.
+    """
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[CaseFailure] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    model: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        """A few lines for the console: counts, time, and every failure."""
+        n_cases = len(self.written) + len(self.skipped) + len(self.failures)
+        lines = [f"{n_cases} case(s): {len(self.written)} predicted, {len(self.skipped)} skipped (outputs exist; "
+                 f"--overwrite redoes them), {len(self.failures)} failed"]
+        if self.written:
+            lines.append(f"{self.total_seconds:.1f} s in all, {self.total_seconds / len(self.written):.2f} s per "
+                         "predicted case")
+        if self.failures:
+            lines.append(f"FAILED ({len(self.failures)}):")
+            lines += [f"  {failure.case}: {failure.message}" for failure in self.failures]
+        return "\n".join(lines)
+
+
+def predict(
+    model: str | os.PathLike,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    tta: bool = True,
+    save_probabilities: bool = False,
+    overwrite: bool = False,
+    jobs: int = 2,
+    progress: bool = True,
+) -> PredictionReport:
+    """Predict a label map for every case of ``inputs`` into ``output_dir``.
+
+    Args:
+        model: nnU-Net training output folder or MONAI checkpoint (see :func:`detect_model`).
+        inputs: a folder, or a list of folders and image files; ``CASE_0000.nii.gz`` (nnU-Net
+            channel naming) gives ``CASE.nii.gz``, a plain ``CASE.nii.gz`` keeps its name.
+        output_dir: where label maps (and probabilities) go; created if needed.
+        folds: nnU-Net folds to ensemble; default every fold with a checkpoint.
+        checkpoint: nnU-Net checkpoint name (default ``checkpoint_final.pth``), or the
+            checkpoint file in a MONAI output folder.
+        device: "auto", "cpu", "cuda", "cuda:1", "mps".
+        tta: mirroring test-time augmentation.
+        save_probabilities: also write ``CASE.npz`` (class probabilities, (K, z, y, x)) and
+            ``CASE.pkl``, as nnU-Net does.
+        overwrite: predict cases whose outputs exist.
+        jobs: worker threads for reading/preprocessing and for writing (each).
+        progress: show a progress bar (per-case timing in its postfix).
+
+    Returns:
+        A :class:`PredictionReport`; failures do not raise.
+
+    Raises:
+        FileNotFoundError, ValueError: for a missing or unusable model or input, an output
+            folder that is an input folder, or ``jobs < 1``.
+    """
+    import torch
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs!r}")
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    output_dir = Path(output_dir)
+    _check_output_not_input(output_dir, inputs)
+    files = collect_inputs(inputs)
+    source = detect_model(model, checkpoint)
+    threads = torch.get_num_threads()
+    try:
+        backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta)
+        cases, problems = group_cases(files, backend.num_channels)
+        report = PredictionReport(model=backend.description)
+        report.failures += [CaseFailure(p.name, p.message) for p in problems]
+        output_dir.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for case in cases:
+            _remove_stale_temporaries(case, output_dir)
+            if not overwrite and _is_complete(case, output_dir, save_probabilities):
+                report.skipped.append(case.name)
+            else:
+                todo.append(case)
+        started = time.perf_counter()
+        _Pipeline(backend, output_dir, save_probabilities, jobs, progress).run(todo, report)
+        report.total_seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
+    return report
+
+
+def _check_output_not_input(output_dir: Path, inputs: list) -> None:
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() == output_dir.resolve():
+            raise ValueError(f"--output {output_dir} is also an input folder; label maps written there would be "
+                             "read as inputs by the next run")
+
+
+def _is_complete(case: Case, output_dir: Path, save_probabilities: bool) -> bool:
+    if not case.label_path(output_dir).is_file():
+        return False
+    return not save_probabilities or all(p.is_file() for p in case.probability_paths(output_dir))
+
+
+def _remove_stale_temporaries(case: Case, output_dir: Path) -> None:
+    """Delete the temporary files :func:`~medattn.data.io.atomic_write` leaves when a run is killed."""
+    for target in (case.label_path(output_dir), *case.probability_paths(output_dir)):
+        for stale in output_dir.glob(f".{target.name}.*.tmp*"):
+            stale.unlink(missing_ok=True)
+
+
+class _Pipeline:
+    """Read ahead and write behind on worker threads; predict on the calling thread."""
+
+    def __init__(self, backend, output_dir: Path, save_probabilities: bool, jobs: int, progress: bool):
+        self.backend = backend
+        self.output_dir = output_dir
+        self.save_probabilities = save_probabilities
+        self.jobs = jobs
+        self.progress = progress
+
+    def run(self, cases: list[Case], report: PredictionReport) -> None:
+        from tqdm.auto import tqdm
+
+        if not cases:
+            return
+        readers = ThreadPoolExecutor(self.jobs, thread_name_prefix="medattn-read")
+        writers = ThreadPoolExecutor(self.jobs, thread_name_prefix="medattn-write")
+        bar = tqdm(total=len(cases), desc="predicting", unit="case", disable=not self.progress, dynamic_ncols=True)
+        self._report, self._bar, self._timings = report, bar, {}
+        writes: dict[Future, Case] = {}
+        try:
+            upcoming = iter(cases)
+            reads: deque[tuple[Case, Future]] = deque()
+            for case in upcoming:
+                reads.append((case, self._submit_read(readers, case)))
+                if len(reads) > self.jobs:
+                    break
+            while reads:
+                case, reading = reads.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    reads.append((following, self._submit_read(readers, following)))
+                result = self._predict(case, reading)
+                if result is None:
+                    continue
+                self._drain(writes, block_while_more_than=self.jobs)
+                writes[self._submit_write(writers, case, *result)] = case
+            self._drain(writes, block_while_more_than=0)
+        finally:
+            readers.shutdown(wait=True, cancel_futures=True)
+            writers.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+
+    def _submit_read(self, pool: ThreadPoolExecutor, case: Case) -> Future:
+        return pool.submit(_timed, self.backend.prepare, case)
+
+    def _predict(self, case: Case, reading: Future):
+        try:
+            prepared, self._timings[case.name] = reading.result()
+            started = time.perf_counter()
+            result = self.backend.infer(prepared)
+            self._timings[case.name] += time.perf_counter() - started
+            return prepared, result
+        except Exception as err:  # one bad case must not stop the batch
+            self._fail(case, err)
+            return None
+
+    def _submit_write(self, pool: ThreadPoolExecutor, case: Case, prepared, result) -> Future:
+        return pool.submit(_timed, self.backend.export, case, prepared, result, self.output_dir,
+                           self.save_probabilities)
+
+    def _drain(self, writes: dict[Future, Case], block_while_more_than: int) -> None:
+        """Collect finished writes; wait while more than ``block_while_more_than`` are pending."""
+        while writes:
+            done = {f for f in writes if f.done()}
+            if not done and len(writes) <= block_while_more_than:
+                return
+            if not done:
+                done, _ = wait(list(writes), return_when=FIRST_COMPLETED)
+            for future in done:
+                case = writes.pop(future)
+                error = future.exception()
+                if error is not None:
+                    self._fail(case, error)
+                else:
+                    self._succeed(case, self._timings.pop(case.name) + future.result()[1])
+
+    def _succeed(self, case: Case, seconds: float) -> None:
+        self._report.written.append(case.label_path(self.output_dir))
+        self._report.seconds[case.name] = seconds
+        self._bar.set_postfix_str(f"{case.name}: {seconds:.1f} s", refresh=False)
+        self._bar.update(1)
+
+    def _fail(self, case: Case, error: BaseException) -> None:
+        from medattn.inference.backend import CaseError
+
+        message = str(error) if isinstance(error, (CaseError, OSError)) else f"{type(error).__name__}: {error}"
+        if str(case.files[0]) not in message:
+            message = f"{case.files[0]}: {message}"
+        self._report.failures.append(CaseFailure(case.name, message))
+        self._bar.write(f"failed: {case.name}: {message}", file=sys.stderr)
+        self._bar.update(1)
+
+
+def _timed(function, *args):
+    """``(function(*args), seconds it took)``."""
+    started = time.perf_counter()
+    return function(*args), time.perf_counter() - started

@@ -1,0 +1,238 @@
+"""``medattn predict`` with nnU-Net models: equal to nnU-Net's own prediction, geometry kept,
+resumable, atomic under kill signals, bad inputs reported while the rest goes on.
+
+The model is ``nnUNetTrainerStock_demo`` trained for one epoch by the shared smoke demo
+(see ``tests/inference/shared.py``); the inputs are the phantom's held-out cases, whose
+direction matrices are rotations with a flipped axis.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medattn.cli import main
+from medattn.data.io import list_images
+
+pytestmark = pytest.mark.slow
+
+
+def _read(path: Path):
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def _assert_same_grid(label_path: Path, image_path: Path) -> None:
+    label, label_image = _read(label_path)
+    _, image = _read(image_path)
+    assert label.shape == sitk.GetArrayFromImage(image).shape
+    assert label_image.GetSpacing() == pytest.approx(image.GetSpacing(), abs=1e-6)
+    assert label_image.GetOrigin() == pytest.approx(image.GetOrigin(), abs=1e-5)
+    assert label_image.GetDirection() == pytest.approx(image.GetDirection(), abs=1e-6)
+    assert np.issubdtype(label.dtype, np.integer)
+
+
+@pytest.fixture(scope="module")
+def reference_predictions(stock_model, phantom_images, tmp_path_factory) -> Path:
+    """An uninterrupted ``medattn predict`` run over the held-out cases (defaults)."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["predict", "--model", str(stock_model), "--input", str(phantom_images), "--output", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_fold_model(stock_model, tmp_path_factory) -> Path:
+    """The stock model with a second fold: fold 0's weights plus noise, for ensembling."""
+    model = tmp_path_factory.mktemp("models") / stock_model.name
+    model.mkdir()
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy(stock_model / name, model / name)
+    shutil.copytree(stock_model / "fold_0", model / "fold_0")
+    checkpoint = torch.load(stock_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    checkpoint["network_weights"] = {
+        key: value + 0.05 * value.std().nan_to_num() * torch.randn(value.shape, generator=generator)
+        if value.is_floating_point() and value.numel() > 1 else value
+        for key, value in checkpoint["network_weights"].items()
+    }
+    (model / "fold_1").mkdir()
+    torch.save(checkpoint, model / "fold_1" / "checkpoint_final.pth")
+    return model
+
+
+def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model, phantom_images, demo_out, tmp_path,
+                                                                  monkeypatch):
+    """Label maps and probabilities equal nnU-Net's own command on the same model."""
+    from medattn.nnunet.commands import nnunet_environment, run_nnunet
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)  # nnUNetv2_predict needs it; medattn predict must not
+    assert main(["predict", "--model", str(two_fold_model), "--input", str(phantom_images), "--output", str(ours),
+                 "--folds", "0", "1", "--save-probabilities", "--device", "cpu", "--no-progress"]) == 0
+    env = nnunet_environment(demo_out / "nnUNet_raw", demo_out / "nnUNet_preprocessed", demo_out / "nnUNet_results")
+    run_nnunet("nnUNetv2_predict_from_modelfolder",
+               ["-i", phantom_images, "-o", theirs, "-m", two_fold_model, "-f", "0", "1", "-device", "cpu",
+                "--save_probabilities", "-npp", 1, "-nps", 1, "--disable_progress_bar"], env, timeout=900)
+    checkpoint = torch.load(two_fold_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["inference_allowed_mirroring_axes"], "the demo trainer should allow mirroring (TTA)"
+
+    images = list_images(phantom_images)
+    assert len(images) == 6
+    for image in images:
+        case = image.name.replace("_0000.nii.gz", "")
+        ours_labels, _ = _read(ours / f"{case}.nii.gz")
+        theirs_labels, _ = _read(theirs / f"{case}.nii.gz")
+        np.testing.assert_array_equal(ours_labels, theirs_labels)
+        _assert_same_grid(ours / f"{case}.nii.gz", image)
+        ours_probabilities = np.load(ours / f"{case}.npz")["probabilities"]
+        theirs_probabilities = np.load(theirs / f"{case}.npz")["probabilities"]
+        np.testing.assert_allclose(ours_probabilities, theirs_probabilities, rtol=0, atol=1e-6)
+        assert (ours / f"{case}.pkl").is_file()
+
+
+def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, phantom_images):
+    images = list_images(phantom_images)
+    written = sorted(p.name for p in reference_predictions.iterdir())
+    assert written == sorted(p.name.replace("_0000.nii.gz", ".nii.gz") for p in images)
+    for image in images:
+        _assert_same_grid(reference_predictions / image.name.replace("_0000", ""), image)
+
+
+def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_images, tmp_path):
+    """The reference: nnU-Net's predictor in this process, on the array nnU-Net's reader gives."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from medattn.nnunet import register_trainers
+
+    image = list_images(phantom_images)[0]
+    assert main(["predict", "--model", str(stock_model), "--input", str(image), "--output", str(tmp_path),
+                 "--no-tta", "--device", "cpu", "--no-progress"]) == 0
+    register_trainers()
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(stock_model), (0,), "checkpoint_final.pth")
+    data, properties = SimpleITKIO().read_images([str(image)])
+    expected = predictor.predict_single_npy_array(data, properties)
+    ours, _ = _read(tmp_path / image.name.replace("_0000", ""))
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_resumes_and_overwrites(stock_model, phantom_images, tmp_path, capsys):
+    """Existing outputs are skipped (same file) unless --overwrite (a new file replaces it)."""
+    files = [str(p) for p in list_images(phantom_images)[:2]]
+    args = ["predict", "--model", str(stock_model), "--input", *files, "--output", str(tmp_path),
+            "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    inodes = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    assert len(inodes) == 2
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 predicted, 2 skipped" in capsys.readouterr().out
+    assert {p.name: p.stat().st_ino for p in tmp_path.iterdir()} == inodes
+    assert main([*args, "--overwrite"]) == 0
+    assert "2 predicted, 0 skipped" in capsys.readouterr().out
+    renewed = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
+    assert renewed.keys() == inodes.keys() and all(renewed[k] != inodes[k] for k in inodes)
+
+
+def _start_and_kill_at_first_new_output(args: list[str], output: Path, sig: int, timeout: float = 600):
+    """Start ``medattn predict`` in a subprocess, send ``sig`` once a new label map appears."""
+    before = {p.name for p in output.glob("*.nii.gz")} if output.is_dir() else set()
+    process = subprocess.Popen([sys.executable, "-m", "medattn.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if output.is_dir() and {p.name for p in output.glob("*.nii.gz")} - before:
+            process.send_signal(sig)
+            break
+        time.sleep(0.02)
+    stdout, _ = process.communicate(timeout=120)
+    return process.returncode, stdout
+
+
+def _assert_complete_nifti(path: Path) -> None:
+    """Readable to the end: nibabel decompresses the whole stream (and checks its CRC)."""
+    import nibabel
+
+    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    assert data.size > 0
+
+
+def test_killed_runs_leave_no_truncated_files_and_resume(stock_model, phantom_images, reference_predictions,
+                                                        tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for copy in range(3):  # 18 cases, so that the kill lands midway
+        for image in list_images(phantom_images):
+            shutil.copy(image, inputs / f"c{copy}_{image.name}")
+    output = tmp_path / "out"
+    args = ["predict", "--model", str(stock_model), "--input", str(inputs), "--output", str(output),
+            "--device", "cpu", "-j", "1", "--no-progress"]
+
+    code, log = _start_and_kill_at_first_new_output(args, output, signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, log
+    done_after_term = sorted(output.glob("*.nii.gz"))
+    assert 1 <= len(done_after_term) < 18
+    assert not [p for p in output.iterdir() if p.name.startswith(".")], "SIGTERM must remove temporary files"
+
+    code, log = _start_and_kill_at_first_new_output(args, output, signal.SIGKILL)
+    assert code == -signal.SIGKILL, log
+    for path in output.glob("*.nii.gz"):
+        _assert_complete_nifti(path)
+
+    assert main(args) == 0
+    assert not [p for p in output.iterdir() if p.name.startswith(".")], "stale temporary files must be removed"
+    for path in sorted(output.glob("*.nii.gz")):
+        expected, _ = _read(reference_predictions / path.name.split("_", 1)[1])
+        np.testing.assert_array_equal(_read(path)[0], expected)
+    assert len(list(output.glob("*.nii.gz"))) == 18
+
+
+def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, phantom_images, tmp_path, capsys):
+    good = list_images(phantom_images)[0]
+    array, image = _read(good)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(good, inputs / "good_0000.nii.gz")
+    shutil.copy(good, inputs / "plain.nii.gz")  # no channel suffix: keeps its name
+    (inputs / "corrupt_0000.nii.gz").write_bytes(b"not an image at all" * 50)
+    raw = good.read_bytes()
+    (inputs / "truncated_0000.nii.gz").write_bytes(raw[: len(raw) // 2])
+    shutil.copy(good, inputs / "twochannels_0000.nii.gz")
+    shutil.copy(good, inputs / "twochannels_0001.nii.gz")
+    vector = sitk.Compose(image, image)
+    sitk.WriteImage(vector, str(inputs / "vector_0000.nii.gz"))
+    with_nan = sitk.GetImageFromArray(np.where(array > 50, np.nan, array).astype(np.float32))
+    with_nan.CopyInformation(image)
+    sitk.WriteImage(with_nan, str(inputs / "nan_0000.nii.gz"))
+    output = tmp_path / "out"
+
+    code = main(["predict", "--model", str(stock_model), "--input", str(inputs), "--output", str(output),
+                 "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "plain.nii.gz"]
+    _assert_same_grid(output / "plain.nii.gz", good)
+    summary = captured.err[captured.err.index("FAILED (5)"):]
+    expectations = {
+        "corrupt_0000.nii.gz": "cannot read",
+        "truncated_0000.nii.gz": "truncated",
+        "twochannels_0001.nii.gz": "wrong channel count",
+        "vector_0000.nii.gz": "wrong channel count",
+        "nan_0000.nii.gz": "NaN",
+    }
+    for name, problem in expectations.items():
+        line = next((line for line in summary.splitlines() if name in line), None)
+        assert line is not None, f"{name} missing from the failure summary:\n{summary}"
+        assert problem in line, line
+    assert "2 predicted, 0 skipped" in captured.err and "5 failed" in captured.err
