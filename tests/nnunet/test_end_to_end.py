@@ -78,3 +78,29 @@ def test_checkpoint_reloaded_by_the_predictor_gives_the_in_memory_logits(trained
     differences = json.loads(result.stdout.strip().splitlines()[-1])
     tolerance = 1e-4 * max(1.0, differences["scale"])
     assert differences["network"] <= tolerance, differences
+
+
+def test_stock_checkpoint_fine_tunes_an_attention_trainer(preprocessed_phantom, tmp_path):
+    """Stock training -> `medattn nnunet adapt-checkpoint` -> nnUNetv2_train -pretrained_weights."""
+    import torch
+
+    from medattn.cli import main
+
+    env = preprocessed_phantom["env"]
+    run_nnunet("nnUNetv2_train", [DATASET_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerStock_smoke", "-device", "cpu"],
+               env, timeout=900)
+    stock = (preprocessed_phantom["results"] / DATASET / "nnUNetTrainerStock_smoke__nnUNetPlans__3d_fullres"
+             / "fold_0" / "checkpoint_final.pth")
+    adapted = tmp_path / "dsm_init.pth"
+    assert main(["nnunet", "adapt-checkpoint", str(stock), "--trainer", "nnUNetTrainerDSM_smoke", "-o", str(adapted)]) == 0
+    stock_weights = torch.load(stock, map_location="cpu", weights_only=False)["network_weights"]
+    adapted_weights = torch.load(adapted, map_location="cpu", weights_only=False)["network_weights"]
+    assert set(stock_weights) < set(adapted_weights)
+    for key, value in stock_weights.items():
+        assert torch.equal(adapted_weights[key], value), key
+    result = run_nnunet(
+        "nnUNetv2_train",
+        [DATASET_ID, "3d_fullres", 1, "-tr", "nnUNetTrainerDSM_smoke", "-device", "cpu", "-pretrained_weights", adapted],
+        env, timeout=900,
+    )
+    assert "Loading pretrained weights" in result.stdout
