@@ -57,7 +57,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                     "dataset.json) or MSD (dataset.json with a 'training' list)")
     io.add_argument("--out", required=True, help="output folder for checkpoints, metrics.csv and config.json")
     io.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint_last.pt "
-                    "(network and split are taken from it; --epochs is the new total)")
+                    "(network and split are taken from it; --epochs is the new total); starts a new run "
+                    "when there is no checkpoint yet")
     io.add_argument("--limit-cases", type=int, default=None, metavar="N",
                     help="use only the first N cases (sorted by id), for quick runs")
 

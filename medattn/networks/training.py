@@ -109,7 +109,7 @@ class TrainConfig:
         num_workers: data-loading worker processes.
         cache_rate: share of cases whose preprocessed volumes are kept in memory.
         amp: mixed precision on CUDA.
-        resume: continue from ``out/checkpoint_last.pt``.
+        resume: continue from ``out/checkpoint_last.pt`` (a new run starts when there is none).
         progress: show tqdm progress bars.
     """
 
@@ -347,7 +347,9 @@ class Trainer:
                 )
             return None
         if not last.exists():
-            raise FileNotFoundError(f"--resume: {last} not found")
+            # Like nnU-Net's --c: nothing to continue (e.g. stopped during the first epoch).
+            self._log(f"--resume: no {LAST} in {self.out}; starting a new run")
+            return None
         state = read_checkpoint(last)
         stored = state["train_config"]
         # The stored run defines the network; a value left at its default adopts the
