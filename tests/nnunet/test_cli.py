@@ -83,3 +83,11 @@ def test_every_subcommand_has_help(argv, capsys):
         main(argv)
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_readme_trainer_table_matches_the_code(capsys):
+    from tests.conftest import REPO_ROOT
+
+    main(["nnunet", "list"])
+    table = capsys.readouterr().out.strip()
+    assert table in (REPO_ROOT / "README.md").read_text(), "README's trainer table is stale: paste `medattn nnunet list`"
