@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from medattn.evaluation.conventions import DESCRIPTIONS, check_convention, empty
 from medattn.evaluation.labels import LabelMap, default_name, parse_label_map
 from medattn.evaluation.metrics import METRIC_COLUMNS, label_metrics
 from medattn.evaluation.stats import overall_means, paired_comparison, per_class_summary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPACING_MODES = ("image", "voxel")
 
@@ -79,13 +82,13 @@ class EvaluationResult:
         written: output name to path, filled by :meth:`write`.
     """
 
-    metrics: "object"
-    per_class: "object"
+    metrics: pd.DataFrame
+    per_class: pd.DataFrame
     mean: dict[str, float]
     summary: dict
-    compare_metrics: "object | None" = None
-    compare_per_class: "object | None" = None
-    comparison: "object | None" = None
+    compare_metrics: pd.DataFrame | None = None
+    compare_per_class: pd.DataFrame | None = None
+    comparison: pd.DataFrame | None = None
     written: dict[str, Path] = field(default_factory=dict)
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 EXAMPLES = """\
@@ -119,9 +120,9 @@ def _console_table(result, names) -> str:
     lines += [header, "-" * len(header)]
 
     def fmt(mean, std, digits):
-        if mean != mean:
+        if math.isnan(mean):
             return "n/a"
-        return f"{mean:.{digits}f}" + ("" if std != std else f" ± {std:.{digits}f}")
+        return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
     for row in result.per_class.to_dict(orient="records"):
         lines.append(f"{row['name'][:24]:<24} {fmt(row['dice_mean'], row['dice_std'], 4):>16} "
