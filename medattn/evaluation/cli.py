@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 
 EXAMPLES = """\
 examples:
@@ -36,11 +37,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="Dice / HD95 / ASSD of predictions against ground truth, with reports",
-        description="Score a folder of predicted label images against ground truth, case by case "
-        "(paired by file name) and label by label: Dice, HD95 and ASSD (medpy's definitions, in mm "
-        "from the image spacing unless --spacing voxel) and the volume difference. Writes "
-        "per-case metrics, per-class mean ± std, an optional paired comparison with a second "
-        "prediction folder (Wilcoxon signed-rank), and Markdown/HTML reports.",
+        description=textwrap.fill(
+            "Score a folder of predicted label images against ground truth, case by case "
+            "(paired by file name) and label by label: Dice, HD95 and ASSD (medpy's definitions, in mm "
+            "from the image spacing unless --spacing voxel) and the volume difference. Writes "
+            "per-case metrics, per-class mean ± std, an optional paired comparison with a second "
+            "prediction folder (Wilcoxon signed-rank), and Markdown/HTML reports.",
+            width=80,
+        ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
