@@ -167,57 +167,15 @@ def evaluate_folders(
     if not isinstance(jobs, int) or jobs < 0:
         raise ValueError(f"jobs must be a non-negative integer, got {jobs!r}")
     label_map = parse_label_map(labels) if labels is not None else None
-    gt_cases = _cases_in(gt_dir, "ground-truth")
-    if not gt_cases:
-        raise EvaluationError(f"{gt_dir}: no ground-truth images found", [])
     pred_folders = [Path(pred_dir)] + ([Path(compare)] if compare is not None else [])
-    pred_cases = [_cases_in(folder, "prediction") for folder in pred_folders]
-    for folder, cases in zip(pred_folders, pred_cases):
-        missing = sorted(set(gt_cases) - set(cases))
-        if missing and not missing_as_empty:
-            raise MissingPredictionsError(
-                f"{folder}: {len(missing)} of {len(gt_cases)} ground-truth cases have no prediction "
-                "(use --missing-as-empty to score them as empty masks)",
-                missing,
-            )
-    unmatched = {str(folder): sorted(set(cases) - set(gt_cases)) for folder, cases in zip(pred_folders, pred_cases)}
-
-    tasks = [
-        _CaseTask(
-            case=case,
-            gt_path=gt_path,
-            pred_paths=tuple(cases.get(case) for cases in pred_cases),
-            scored=label_map.scored if label_map else None,
-            valid_values=label_map.valid_values if label_map else None,
-            voxel_units=spacing == "voxel",
-            convention=convention,
-        )
-        for case, gt_path in sorted(gt_cases.items())
-    ]
+    tasks, unmatched = _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty)
     problems = _check_headers(tasks)
     if problems:
         raise EvaluationError(f"{len(problems)} case(s) do not match their ground truth", problems)
     results, problems = _run(tasks, jobs, progress)
     if problems:
         raise EvaluationError(f"{len(problems)} case(s) failed", problems)
-
-    if label_map is None:
-        scored = sorted(set().union(*(r.gt_values for r in results)))
-        if not scored:
-            raise EvaluationError(f"{gt_dir}: the ground truth holds no foreground label; pass a label map", [])
-        names = {k: default_name(k) for k in scored}
-        problems = [
-            f"{task.pred_paths[i]}: label values {sorted(extra)} do not occur in any ground truth "
-            "(pass a label map to score them)"
-            for task, result in zip(tasks, results)
-            for i, values in enumerate(result.pred_values)
-            if (extra := values - set(scored))
-        ]
-        if problems:
-            raise EvaluationError("predictions hold labels outside the ground truth", problems)
-    else:
-        scored = list(label_map.scored)
-        names = dict(label_map.names)
+    scored, names = _scored_labels(label_map, tasks, results, gt_dir)
 
     tables = [_long_table(results, i, scored, names, convention) for i in range(len(pred_folders))]
     per_class = [per_class_summary(table, scored, names) for table in tables]
@@ -240,6 +198,56 @@ def evaluate_folders(
     if out_dir is not None:
         result.write(out_dir)
     return result
+
+
+def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty):
+    """One task per ground-truth case, and the predictions that have no ground truth."""
+    gt_cases = _cases_in(gt_dir, "ground-truth")
+    if not gt_cases:
+        raise EvaluationError(f"{gt_dir}: no ground-truth images found", [])
+    pred_cases = [_cases_in(folder, "prediction") for folder in pred_folders]
+    for folder, cases in zip(pred_folders, pred_cases):
+        missing = sorted(set(gt_cases) - set(cases))
+        if missing and not missing_as_empty:
+            raise MissingPredictionsError(
+                f"{folder}: {len(missing)} of {len(gt_cases)} ground-truth cases have no prediction "
+                "(use --missing-as-empty to score them as empty masks)",
+                missing,
+            )
+    unmatched = {str(folder): sorted(set(cases) - set(gt_cases)) for folder, cases in zip(pred_folders, pred_cases)}
+    tasks = [
+        _CaseTask(
+            case=case,
+            gt_path=gt_path,
+            pred_paths=tuple(cases.get(case) for cases in pred_cases),
+            scored=label_map.scored if label_map else None,
+            valid_values=label_map.valid_values if label_map else None,
+            voxel_units=spacing == "voxel",
+            convention=convention,
+        )
+        for case, gt_path in sorted(gt_cases.items())
+    ]
+    return tasks, unmatched
+
+
+def _scored_labels(label_map, tasks, results, gt_dir) -> tuple[list[int], dict[int, str]]:
+    """The labels to report and their names; without a map, the ground truth's values,
+    and then a prediction value that no ground truth holds is an error."""
+    if label_map is not None:
+        return list(label_map.scored), dict(label_map.names)
+    scored = sorted(set().union(*(r.gt_values for r in results)))
+    if not scored:
+        raise EvaluationError(f"{gt_dir}: the ground truth holds no foreground label; pass a label map", [])
+    problems = [
+        f"{task.pred_paths[i]}: label values {sorted(extra)} do not occur in any ground truth "
+        "(pass a label map to score them)"
+        for task, result in zip(tasks, results)
+        for i, values in enumerate(result.pred_values)
+        if (extra := values - set(scored))
+    ]
+    if problems:
+        raise EvaluationError("predictions hold labels outside the ground truth", problems)
+    return scored, {k: default_name(k) for k in scored}
 
 
 def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
