@@ -9,7 +9,7 @@ import torch
 
 from medattn.data.io import atomic_write
 from medattn.nnunet.network import load_stock_weights
-from medattn.nnunet.trainer import SmokeSchedule, nnUNetTrainerAttention
+from medattn.nnunet.trainer import TrainingSchedule, nnUNetTrainerAttention
 from medattn.nnunet.trainers import medattn_trainers
 
 
@@ -39,7 +39,7 @@ def trainer_table() -> str:
     rows = ["| trainer | inserts | schedule | what it does |", "|---|---|---|---|"]
     for name, cls in trainer_classes().items():
         plan = cls.attention.describe() if cls.attention else "nothing (stock network)"
-        schedule = "smoke (1 epoch x 2 it.)" if issubclass(cls, SmokeSchedule) else "nnU-Net default"
+        schedule = cls.schedule_name if issubclass(cls, TrainingSchedule) else TrainingSchedule.schedule_name
         summary = " ".join((cls.__doc__ or "").split())
         rows.append(f"| `{name}` | {plan} | {schedule} | {summary} |")
     return "\n".join(rows)

@@ -52,13 +52,15 @@ class nnUNetTrainerAttention(nnUNetTrainer):
         super().on_train_start()
 
 
-class SmokeSchedule:
-    """Mixin: 1 epoch of 2 training iterations and 1 validation iteration, for CI and
-    quick checks. Put it first in the bases: ``class X_smoke(SmokeSchedule, X)``.
-
-    Mirroring is switched off (augmentation and test-time), because nnU-Net's final
-    validation with 8-fold mirroring dominates a smoke run's time on CPU.
+class TrainingSchedule:
+    """Base of the schedule mixins: after nnU-Net's ``__init__`` (whose exact signature
+    it keeps, since nnU-Net rebuilds its init arguments from it) it sets the epochs and
+    iterations that :meth:`budget` returns. Put a schedule first in the bases:
+    ``class X_smoke(SmokeSchedule, X)``.
     """
+
+    #: How ``medattn nnunet list`` describes the schedule.
+    schedule_name = "nnU-Net default"
 
     def __init__(
         self,
@@ -69,9 +71,41 @@ class SmokeSchedule:
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget()
+
+    @classmethod
+    def budget(cls) -> tuple[int, int, int]:
+        """``(epochs, training iterations per epoch, validation iterations per epoch)``."""
+        raise NotImplementedError
+
+
+def positive_int_from_env(name: str, default: int, environ=None) -> int:
+    """An integer budget from the environment.
+
+    Raises:
+        ValueError: if the variable is set but is not a positive integer (names both).
+    """
+    import os
+
+    text = (os.environ if environ is None else environ).get(name, str(default)).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+class SmokeSchedule(TrainingSchedule):
+    """Mixin: 1 epoch of 2 training iterations and 1 validation iteration, for CI and
+    quick checks.
+
+    Mirroring is switched off (augmentation and test-time), because nnU-Net's final
+    validation with 8-fold mirroring dominates a smoke run's time on CPU.
+    """
+
+    schedule_name = "smoke: 1 epoch x 2 it., no mirroring"
+
+    @classmethod
+    def budget(cls) -> tuple[int, int, int]:
+        return 1, 2, 1
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, do_dummy_2d, patch_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -98,23 +132,10 @@ def bench_schedule_from_env(environ=None) -> dict[str, int]:
     Raises:
         ValueError: if a variable is not a positive integer (names the variable and value).
     """
-    import os
-
-    environ = os.environ if environ is None else environ
-    schedule = {}
-    for name, default in BENCH_SCHEDULE_ENV.items():
-        raw = environ.get(name, str(default))
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-        schedule[name] = value
-    return schedule
+    return {name: positive_int_from_env(name, default, environ) for name, default in BENCH_SCHEDULE_ENV.items()}
 
 
-class BenchSchedule:
+class BenchSchedule(TrainingSchedule):
     """Mixin: the short, identical schedule of ``medattn bench nnunet``.
 
     The budget (epochs, training and validation iterations per epoch) comes from
@@ -127,6 +148,8 @@ class BenchSchedule:
     ``class X_bench(BenchSchedule, X)``.
     """
 
+    schedule_name = "bench: MEDATTN_BENCH_* budget, timed steps"
+
     def __init__(
         self,
         plans: dict,
@@ -136,11 +159,11 @@ class BenchSchedule:
         device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        schedule = bench_schedule_from_env()
-        self.num_epochs = schedule["MEDATTN_BENCH_EPOCHS"]
-        self.num_iterations_per_epoch = schedule["MEDATTN_BENCH_ITERATIONS"]
-        self.num_val_iterations_per_epoch = schedule["MEDATTN_BENCH_VAL_ITERATIONS"]
         self.bench_step_seconds: list[float] = []
+
+    @classmethod
+    def budget(cls) -> tuple[int, int, int]:
+        return tuple(bench_schedule_from_env().values())
 
     def train_step(self, batch: dict) -> dict:
         import time
@@ -176,7 +199,7 @@ class BenchSchedule:
 # --- The demo's short schedule (medattn demo, issue 7) -----------------------------------
 
 
-class DemoSchedule:
+class DemoSchedule(TrainingSchedule):
     """Mixin: the short schedule of ``medattn demo`` (``make demo``): 8 epochs of 10
     iterations, 2 validation iterations each, nnU-Net's augmentation and mirroring kept.
 
@@ -186,39 +209,18 @@ class DemoSchedule:
     ``medattn evaluate`` instead. Put it first in the bases: ``class X_demo(DemoSchedule, X)``.
     """
 
+    schedule_name = "demo: 8 epochs x 10 it. (MEDATTN_DEMO_*)"
     demo_epochs = 8
     demo_iterations = 10
     demo_val_iterations = 2
 
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch = self.demo_budget()
-        self.num_val_iterations_per_epoch = self.demo_val_iterations
-
     @classmethod
-    def demo_budget(cls) -> tuple[int, int]:
-        """``(epochs, iterations per epoch)``: the defaults or the environment's values.
-
-        Raises:
-            ValueError: for an environment value that is not a positive integer.
-        """
-        import os
-
-        budget = []
-        defaults = {"MEDATTN_DEMO_EPOCHS": cls.demo_epochs, "MEDATTN_DEMO_ITERATIONS": cls.demo_iterations}
-        for name, default in defaults.items():
-            text = os.environ.get(name, str(default))
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {text!r}")
-            budget.append(int(text))
-        return budget[0], budget[1]
+    def budget(cls) -> tuple[int, int, int]:
+        return (
+            positive_int_from_env("MEDATTN_DEMO_EPOCHS", cls.demo_epochs),
+            positive_int_from_env("MEDATTN_DEMO_ITERATIONS", cls.demo_iterations),
+            cls.demo_val_iterations,
+        )
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("DemoSchedule: final validation skipped (the demo scores held-out cases itself)")
