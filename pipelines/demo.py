@@ -45,7 +45,9 @@ DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID}_Phantom"
 CONFIGURATION = "3d_fullres"
 TRAINERS = {"stock": "nnUNetTrainerStock_demo", "dsm": "nnUNetTrainerDSM_demo"}
-MONAI_EPOCHS = 40
+MONAI_EPOCHS = 20
+#: A small DynUNet (the phantom's planned layout has four levels) that trains in minutes on a CPU.
+MONAI_NETWORK = '{"filters": [16, 32, 64, 128]}'
 #: Budgets: environment for the ``_demo`` trainers, and the MONAI path's epochs.
 SCHEDULES = {
     "demo": {"env": {}, "monai_epochs": MONAI_EPOCHS},
@@ -108,7 +110,7 @@ def story_steps() -> list[Step]:
     for name, trainer in TRAINERS.items():
         steps.append(Step(f"predict_{name}", "predict", f"predict the test cases with {trainer}",
                           ("medattn", "predict", "--model", _model_dir(trainer), "--input", tests,
-                           "--output", f"$DEMO/predictions/{name}"),
+                           "--output", f"$DEMO/predictions/{name}", "--no-tta"),
                           f"$DEMO/predictions/{name}", f"$DEMO/predictions/{name}", (f"train_{name}",)))
     steps += [
         Step("evaluate", "evaluate", "evaluate DSM against stock (paired)",
@@ -117,11 +119,12 @@ def story_steps() -> list[Step]:
              "$DEMO/evaluation/report.html", "$DEMO/evaluation", ("predict_stock", "predict_dsm")),
         Step("monai_train", "monai", "train MONAI DynUNet with DSM",
              ("medattn", "train", "monai", "--data", raw, "--network", "dynunet", "--attention", "dsm",
-              "--epochs", str(MONAI_EPOCHS), "--out", "$DEMO/monai/dynunet_dsm"),
-             "$DEMO/monai/dynunet_dsm/checkpoint_best.pt", "$DEMO/monai/dynunet_dsm", ("phantom",)),
+              "--network-kwargs", MONAI_NETWORK, "--epochs", str(MONAI_EPOCHS), "--val-every", "5",
+              "--out", "$DEMO/monai/dynunet_dsm"),
+             "$DEMO/monai/dynunet_dsm/checkpoint_last.pt", "$DEMO/monai/dynunet_dsm", ("phantom",)),
         Step("monai_predict", "monai", "predict the test cases with the MONAI checkpoint",
              ("medattn", "predict", "--model", "$DEMO/monai/dynunet_dsm", "--input", tests,
-              "--output", "$DEMO/predictions/monai_dsm"),
+              "--output", "$DEMO/predictions/monai_dsm", "--no-tta"),
              "$DEMO/predictions/monai_dsm", "$DEMO/predictions/monai_dsm", ("monai_train",)),
         Step("monai_evaluate", "monai", "evaluate the MONAI predictions",
              ("medattn", "evaluate", "--pred", "$DEMO/predictions/monai_dsm", "--gt", f"{raw}/labelsTs",
@@ -255,19 +258,21 @@ def run_demo(out: str | os.PathLike = "demo_output", *, schedule: str = "demo", 
     n_proc = max(1, min(4, os.cpu_count() or 1))
     for number, step in enumerate(steps, start=1):
         header = f"[{number}/{len(steps)}] {step.title}"
-        rerun_for = [key for key in step.needs if key in result.ran]
-        if not rerun_for and _finished(step, schedule, out, folders):
+        inputs_changed = any(key in result.ran for key in step.needs)
+        if not inputs_changed and _finished(step, schedule, out, folders):
             print(f"{header}: done already, skipped", flush=True)
             result.skipped.append(step.key)
             continue
-        if rerun_for:
+        if inputs_changed or _stamp(step, out).is_file():
+            # New inputs or another command: start afresh. Without a stamp (an interrupted
+            # run) the step resumes from what it has written.
             _clean(step, out, folders)
         argv = _apply_schedule([_expand(word, folders) for word in step.argv], schedule)
         argv += machine_options(step, device, n_proc, folders)
         print(f"{header}\n  $ {shlex.join(argv)}", flush=True)
         started = time.perf_counter()
         if step.program == "medattn":
-            _run_medattn(argv)
+            _run_medattn(step, argv)
         else:
             _run_subprocess(step, argv, out, folders, n_proc, schedule, progress)
         result.ran[step.key] = time.perf_counter() - started
@@ -304,15 +309,16 @@ def _finished(step: Step, schedule: str, out: Path, folders: dict[str, str]) -> 
 
 
 def _clean(step: Step, out: Path, folders: dict[str, str]) -> None:
-    """Empty a step's folder before it reruns on new inputs (stale predictions would be
-    kept by ``medattn predict``'s resume, a stale checkpoint continued by ``--c``)."""
+    """Empty a step's folder before it reruns on new inputs or with another command (stale
+    predictions would be kept by ``medattn predict``'s resume, a stale checkpoint continued
+    by ``--c``)."""
     _stamp(step, out).unlink(missing_ok=True)
     workdir = Path(_expand(step.workdir, folders))
     if workdir.is_dir() and workdir.resolve().is_relative_to(out):
         shutil.rmtree(workdir)
 
 
-def _run_medattn(argv: list[str]) -> None:
+def _run_medattn(step: Step, argv: list[str]) -> None:
     """medattn commands run in this process (their own progress bars show)."""
     from medattn.cli import main
 

@@ -200,7 +200,7 @@ class BenchSchedule(TrainingSchedule):
 
 
 class DemoSchedule(TrainingSchedule):
-    """Mixin: the short schedule of ``medattn demo`` (``make demo``): 8 epochs of 10
+    """Mixin: the short schedule of ``medattn demo`` (``make demo``): 6 epochs of 8
     iterations, 2 validation iterations each, nnU-Net's augmentation and mirroring kept.
 
     ``MEDATTN_DEMO_EPOCHS`` and ``MEDATTN_DEMO_ITERATIONS`` override the budget (the tests
@@ -210,8 +210,8 @@ class DemoSchedule(TrainingSchedule):
     """
 
     schedule_name = "demo: 8 epochs x 10 it. (MEDATTN_DEMO_*)"
-    demo_epochs = 8
-    demo_iterations = 10
+    demo_epochs = 6
+    demo_iterations = 8
     demo_val_iterations = 2
 
     @classmethod

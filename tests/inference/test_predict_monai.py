@@ -61,9 +61,10 @@ def test_monai_checkpoint_predicts_on_the_input_grid(demo_out, phantom_images, t
     to the MONAI path's own Predictor; TTA output differs from it only by the mirroring."""
     from medattn.cli import main
     from medattn.data.io import list_images
+    from medattn.inference.monai_backend import find_monai_checkpoint
     from medattn.networks.inference import Predictor
 
-    checkpoint = demo_out / "monai" / "dynunet_dsm" / "checkpoint_best.pt"
+    checkpoint = find_monai_checkpoint(demo_out / "monai" / "dynunet_dsm")
     images = list_images(phantom_images)[:2]
     plain, mirrored = tmp_path / "plain", tmp_path / "mirrored"
     base = ["predict", "--model", str(checkpoint.parent), "--input", *map(str, images), "--device", "cpu",

@@ -42,11 +42,11 @@ def _assert_same_grid(label_path: Path, image_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_predictions(stock_model, phantom_images, tmp_path_factory) -> Path:
-    """An uninterrupted ``medattn predict`` run over the held-out cases (defaults)."""
+def reference_predictions(stock_model, small_images, tmp_path_factory) -> Path:
+    """An uninterrupted ``medattn predict --no-tta`` run over the small cases."""
     out = tmp_path_factory.mktemp("reference")
-    assert main(["predict", "--model", str(stock_model), "--input", str(phantom_images), "--output", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert main(["predict", "--model", str(stock_model), "--input", str(small_images), "--output", str(out),
+                 "--device", "cpu", "--no-tta", "--no-progress"]) == 0
     return out
 
 
@@ -70,24 +70,29 @@ def two_fold_model(stock_model, tmp_path_factory) -> Path:
     return model
 
 
-def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model, phantom_images, demo_out, tmp_path,
+def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model, small_images, demo_out, tmp_path,
                                                                   monkeypatch):
-    """Label maps and probabilities equal nnU-Net's own command on the same model."""
+    """Label maps and probabilities equal nnU-Net's own command on the same model (two
+    small cases, two folds, mirroring on)."""
     from medattn.nnunet.commands import nnunet_environment, run_nnunet
 
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for image in list_images(small_images)[:2]:
+        shutil.copy(image, inputs / image.name)
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)  # nnUNetv2_predict needs it; medattn predict must not
-    assert main(["predict", "--model", str(two_fold_model), "--input", str(phantom_images), "--output", str(ours),
+    assert main(["predict", "--model", str(two_fold_model), "--input", str(inputs), "--output", str(ours),
                  "--folds", "0", "1", "--save-probabilities", "--device", "cpu", "--no-progress"]) == 0
     env = nnunet_environment(demo_out / "nnUNet_raw", demo_out / "nnUNet_preprocessed", demo_out / "nnUNet_results")
     run_nnunet("nnUNetv2_predict_from_modelfolder",
-               ["-i", phantom_images, "-o", theirs, "-m", two_fold_model, "-f", "0", "1", "-device", "cpu",
+               ["-i", inputs, "-o", theirs, "-m", two_fold_model, "-f", "0", "1", "-device", "cpu",
                 "--save_probabilities", "-npp", 1, "-nps", 1, "--disable_progress_bar"], env, timeout=900)
     checkpoint = torch.load(two_fold_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["inference_allowed_mirroring_axes"], "the demo trainer should allow mirroring (TTA)"
 
-    images = list_images(phantom_images)
-    assert len(images) == 6
+    images = list_images(inputs)
+    assert len(images) == 2
     for image in images:
         case = image.name.replace("_0000.nii.gz", "")
         ours_labels, _ = _read(ours / f"{case}.nii.gz")
@@ -100,8 +105,8 @@ def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model
         assert (ours / f"{case}.pkl").is_file()
 
 
-def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, phantom_images):
-    images = list_images(phantom_images)
+def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, small_images):
+    images = list_images(small_images)
     written = sorted(p.name for p in reference_predictions.iterdir())
     assert written == sorted(p.name.replace("_0000.nii.gz", ".nii.gz") for p in images)
     for image in images:
@@ -109,7 +114,8 @@ def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predic
 
 
 def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_images, tmp_path):
-    """The reference: nnU-Net's predictor in this process, on the array nnU-Net's reader gives."""
+    """The reference: nnU-Net's predictor in this process, on the array nnU-Net's reader gives
+    (a full-size case: several sliding windows)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -127,11 +133,11 @@ def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_i
     np.testing.assert_array_equal(ours, expected)
 
 
-def test_resumes_and_overwrites(stock_model, phantom_images, tmp_path, capsys):
+def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
     """Existing outputs are skipped (same file) unless --overwrite (a new file replaces it)."""
-    files = [str(p) for p in list_images(phantom_images)[:2]]
+    files = [str(p) for p in list_images(small_images)[:2]]
     args = ["predict", "--model", str(stock_model), "--input", *files, "--output", str(tmp_path),
-            "--device", "cpu", "--no-progress"]
+            "--device", "cpu", "--no-tta", "--no-progress"]
     assert main(args) == 0
     inodes = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
     assert len(inodes) == 2
@@ -168,16 +174,16 @@ def _assert_complete_nifti(path: Path) -> None:
     assert data.size > 0
 
 
-def test_killed_runs_leave_no_truncated_files_and_resume(stock_model, phantom_images, reference_predictions,
+def test_killed_runs_leave_no_truncated_files_and_resume(stock_model, small_images, reference_predictions,
                                                         tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for copy in range(3):  # 18 cases, so that the kill lands midway
-        for image in list_images(phantom_images):
+        for image in list_images(small_images):
             shutil.copy(image, inputs / f"c{copy}_{image.name}")
     output = tmp_path / "out"
     args = ["predict", "--model", str(stock_model), "--input", str(inputs), "--output", str(output),
-            "--device", "cpu", "-j", "1", "--no-progress"]
+            "--device", "cpu", "--no-tta", "-j", "1", "--no-progress"]
 
     code, log = _start_and_kill_at_first_new_output(args, output, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, log
@@ -198,8 +204,8 @@ def test_killed_runs_leave_no_truncated_files_and_resume(stock_model, phantom_im
     assert len(list(output.glob("*.nii.gz"))) == 18
 
 
-def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, phantom_images, tmp_path, capsys):
-    good = list_images(phantom_images)[0]
+def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, small_images, tmp_path, capsys):
+    good = list_images(small_images)[0]
     array, image = _read(good)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -218,7 +224,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, phantom_ima
     output = tmp_path / "out"
 
     code = main(["predict", "--model", str(stock_model), "--input", str(inputs), "--output", str(output),
-                 "--device", "cpu", "--no-progress"])
+                 "--device", "cpu", "--no-tta", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
     assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "plain.nii.gz"]

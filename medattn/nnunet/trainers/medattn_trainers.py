@@ -136,7 +136,7 @@ class nnUNetTrainerDIA_bench(BenchSchedule, nnUNetTrainerDIA):
     """nnUNetTrainerDIA on the benchmark schedule."""
 
 
-# --- Demo variants (medattn demo / make demo): DemoSchedule, 8 epochs x 10 iterations -----
+# --- Demo variants (medattn demo / make demo): DemoSchedule, 6 epochs x 8 iterations ------
 
 
 class nnUNetTrainerStock_demo(DemoSchedule, nnUNetTrainerAttention):
