@@ -209,7 +209,7 @@ class DemoSchedule(TrainingSchedule):
     ``medattn evaluate`` instead. Put it first in the bases: ``class X_demo(DemoSchedule, X)``.
     """
 
-    schedule_name = "demo: 8 epochs x 10 it. (MEDATTN_DEMO_*)"
+    schedule_name = "demo: 6 epochs x 8 it. (MEDATTN_DEMO_*)"
     demo_epochs = 6
     demo_iterations = 8
     demo_val_iterations = 2
