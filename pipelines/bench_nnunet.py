@@ -256,7 +256,7 @@ def _train(trainer: str, work: Path, env: dict, args) -> dict:
     folder = _model_folder(work, trainer)
     record_file = folder / "fold_0" / BENCH_STEP_TIMES_FILE
     if record_file.is_file() and not args.retrain:
-        record = json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text(encoding="utf-8"))
         expected = (args.epochs, args.iterations)
         if (record["num_epochs"], record["num_iterations_per_epoch"]) == expected:
             return record
@@ -265,7 +265,7 @@ def _train(trainer: str, work: Path, env: dict, args) -> dict:
     run_nnunet("nnUNetv2_train",
                [DATASET_ID, CONFIGURATION, 0, "-tr", f"nnUNetTrainer{trainer}_bench", "-device", args.device],
                env, timeout=args.timeout, log_file=work / "logs" / f"train_{trainer}.log")
-    return json.loads(record_file.read_text())
+    return json.loads(record_file.read_text(encoding="utf-8"))
 
 
 def _model_folder(work: Path, trainer: str) -> Path:
@@ -287,11 +287,11 @@ def _predict(trainer: str, work: Path, val_cases: Sequence[str], env: dict, args
     result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=args.timeout)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    (work / "logs" / f"predict_{trainer}.log").write_text(result.stdout + result.stderr)
+    (work / "logs" / f"predict_{trainer}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
         raise RuntimeError(f"prediction with {trainer} failed (exit {result.returncode}):\n{tail}")
-    return json.loads(timings.read_text())["seconds"]
+    return json.loads(timings.read_text(encoding="utf-8"))["seconds"]
 
 
 def _predict_worker(model_folder: str, out_dir: str, timings_file: str, device: str, images: Sequence[str]) -> None:
