@@ -6,6 +6,8 @@ STAMP   := $(VENV)/.installed
 # The machine's pip config adds a folder holding a CPU-only torch wheel; ignore it so
 # that torch comes from the registry by name (its default build).
 PIPENV  := PIP_FIND_LINKS= PIP_DISABLE_PIP_VERSION_CHECK=1
+# Reports and logs hold non-ASCII text (±, progress bars); do not depend on the locale.
+export PYTHONUTF8 = 1
 
 .PHONY: install test test-fast demo bench clean
 

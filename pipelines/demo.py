@@ -303,7 +303,7 @@ def _stamp_text(step: Step, schedule: str) -> str:
 
 def _finished(step: Step, schedule: str, out: Path, folders: dict[str, str]) -> bool:
     stamp = _stamp(step, out)
-    if not stamp.is_file() or stamp.read_text() != _stamp_text(step, schedule):
+    if not stamp.is_file() or stamp.read_text(encoding="utf-8") != _stamp_text(step, schedule):
         return False
     return Path(_expand(step.output, folders)).exists()
 

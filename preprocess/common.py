@@ -210,45 +210,15 @@ def check_volume(array: np.ndarray, context: str, *, ndim: int = 3) -> None:
 
 
 def check_nifti_file(path: str | os.PathLike, context: str) -> None:
-    """Catch what SimpleITK's NIfTI reader lets through: truncated files and NaN voxels.
+    """:func:`medattn.data.io.check_nifti_file` (truncated/corrupt NIfTI, NaN voxels),
+    reported as a :class:`ConversionError` naming ``context``."""
+    from medattn.data.io import ImageReadError
+    from medattn.data.io import check_nifti_file as check
 
-    SimpleITK reads a truncated ``.nii``/``.nii.gz`` as if the missing part were zeros and
-    returns NaN voxels as 0, so both would convert silently into wrong data. nibabel reads
-    the header and the stored values as they are. Other formats are not checked.
-
-    Raises:
-        ConversionError: naming ``context`` and the file, for an unreadable or truncated
-            file or NaN/infinite voxels.
-    """
-    import gzip
-    import zlib
-
-    import nibabel
-
-    from medattn.data.io import image_suffix
-
-    path = Path(path)
-    if image_suffix(path) not in (".nii", ".nii.gz"):
-        return
     try:
-        proxy = nibabel.load(str(path)).dataobj
-        dtype = np.dtype(proxy.dtype)
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * dtype.itemsize
-        if path.name.lower().endswith(".gz"):
-            size = 0
-            with gzip.open(path, "rb") as stream:  # reading to the end also checks the CRC
-                while chunk := stream.read(1 << 22):
-                    size += len(chunk)
-        else:
-            size = path.stat().st_size
-        if size < expected:
-            raise ConversionError(f"{context}: {path} is truncated ({size} bytes; its header needs {expected})")
-        stored = np.asanyarray(proxy) if dtype.kind == "f" else None
-    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as err:
-        raise ConversionError(f"{context}: cannot read {path} ({err})") from err
-    if stored is not None and not np.isfinite(stored).all():
-        count = int(np.count_nonzero(~np.isfinite(stored)))
-        raise ConversionError(f"{context}: {path.name} has {count} NaN or infinite voxel(s)")
+        check(path)
+    except ImageReadError as err:
+        raise ConversionError(f"{context}: {err}") from err
 
 
 def label_values(label: np.ndarray, context: str, *, max_label: int) -> np.ndarray:

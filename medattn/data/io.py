@@ -29,6 +29,10 @@ class ImageReadError(ValueError):
     """An image file could not be read; the message names the file."""
 
 
+class NonFiniteImageError(ImageReadError):
+    """An image holds NaN or infinite voxels; the message names the file and the counts."""
+
+
 class GeometryMismatchError(ValueError):
     """Two images that must share a grid do not; the message names the field and values."""
 
@@ -160,6 +164,50 @@ def read_image(path: str | os.PathLike):
     return array, Geometry.of(image)
 
 
+def check_nifti_file(path: str | os.PathLike) -> None:
+    """Catch what SimpleITK's NIfTI reader lets through: truncated or corrupt files and
+    NaN/infinite voxels. Files of other formats are left alone.
+
+    SimpleITK reads a truncated ``.nii``/``.nii.gz`` as if the missing voxels were zeros,
+    does not check the gzip CRC, and returns NaN voxels as 0, so all of these would flow on
+    as plausible but wrong data. nibabel reads the header and the stored values as they are;
+    reading a ``.gz`` stream to its end checks its CRC.
+
+    Raises:
+        ImageReadError: for an unreadable, corrupt or truncated file, naming it.
+        NonFiniteImageError: for NaN or infinite voxels, naming the file and the counts.
+    """
+    import gzip
+    import zlib
+
+    import nibabel
+
+    path = Path(path)
+    if image_suffix(path) not in (".nii", ".nii.gz"):
+        return
+    try:
+        proxy = nibabel.load(str(path)).dataobj
+        dtype = np.dtype(proxy.dtype)
+        # The proxy's offset is where the data start, even when the header's vox_offset is 0.
+        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * dtype.itemsize
+        if path.name.lower().endswith(".gz"):
+            size = 0
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    size += len(chunk)
+        else:
+            size = path.stat().st_size
+        if size < expected:
+            raise ImageReadError(f"{path}: file is truncated ({size} bytes, its header needs {expected})")
+        stored = np.asanyarray(proxy) if dtype.kind == "f" else None
+    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as err:
+        raise ImageReadError(f"{path}: cannot read image ({err})") from err
+    if stored is not None and not np.isfinite(stored).all():
+        n_nan = int(np.isnan(stored).sum())
+        n_inf = int(np.count_nonzero(~np.isfinite(stored))) - n_nan
+        raise NonFiniteImageError(f"{path}: {n_nan} NaN and {n_inf} infinite voxel(s)")
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
     """Write ``array`` with ``geometry`` to ``path`` atomically (format from the suffix).
 
@@ -200,10 +248,18 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -25,7 +25,9 @@ import numpy as np
 from medattn.data.io import (
     Geometry,
     ImageReadError,
+    NonFiniteImageError,
     case_name,
+    check_nifti_file,
     check_same_geometry,
     image_suffix,
     list_images,
@@ -265,42 +267,17 @@ def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """
     array, geometry = read_image(path)
     if image_suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti(Path(path), array.dtype.kind == "f")
+        _check_nifti(Path(path))
     return as_label_array(array, str(path)), geometry
 
 
-def _check_nifti(path: Path, float_data: bool) -> None:
-    """What SimpleITK's NIfTI reader lets through: truncated files (read as zeros) and
-    NaN or infinite voxels (read as 0), both of which would score silently as background."""
-    import gzip
-    import zlib
-
-    import nibabel
-
+def _check_nifti(path: Path) -> None:
+    """Truncated files (read as zeros) and NaN voxels (read as 0) would score silently as
+    background: :func:`medattn.data.io.check_nifti_file` catches both."""
     try:
-        image = nibabel.load(str(path))
-        proxy = image.dataobj  # its offset is where the data start, even when vox_offset is 0
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
-        if path.name.lower().endswith(".gz"):
-            size = 0
-            with gzip.open(path, "rb") as stream:  # checks the CRC at the end of the stream
-                while chunk := stream.read(1 << 22):
-                    size += len(chunk)
-        else:
-            size = path.stat().st_size
-        if size < expected:
-            raise ImageReadError(f"{path}: file is truncated ({size} bytes, the header needs {expected})")
-        stored = np.asanyarray(image.dataobj) if float_data else None
-    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as err:
-        raise ImageReadError(f"{path}: cannot read image ({err})") from err
-    if stored is not None:
-        finite = np.isfinite(stored)
-        if not finite.all():
-            n_nan = int(np.isnan(stored).sum())
-            raise LabelValueError(
-                f"{path}: {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite voxels; "
-                "a label image holds whole numbers"
-            )
+        check_nifti_file(path)
+    except NonFiniteImageError as err:
+        raise LabelValueError(f"{err}; a label image holds whole numbers") from err
 
 
 def as_label_array(array: np.ndarray, source: str) -> np.ndarray:

@@ -41,17 +41,7 @@ def write_outputs(result, out_dir: str | os.PathLike) -> dict[str, Path]:
     written["summary.json"] = write_json_atomic(out / "summary.json", result.summary)
     written["report.md"] = write_text_atomic(out / "report.md", markdown_report(result))
     written["report.html"] = write_text_atomic(out / "report.html", html_report(result))
-    for path in written.values():
-        _make_readable(path)
     return written
-
-
-def _make_readable(path: Path) -> None:
-    # atomic_write creates its temporary file with mkstemp, i.e. mode 0600; reports are
-    # meant to be shared, so give them the permissions of an ordinary new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _write_csv(table, path: Path) -> Path:

@@ -86,7 +86,7 @@ def run_nnunet(
     output = result.stdout + result.stderr
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_file).write_text(output)
+        Path(log_file).write_text(output, encoding="utf-8")
     if result.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-25:])
         raise NNUNetCommandError(f"{' '.join(command)} exited with {result.returncode}:\n{tail}")

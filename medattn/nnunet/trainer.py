@@ -149,21 +149,15 @@ class BenchSchedule(TrainingSchedule):
     """
 
     schedule_name = "bench: MEDATTN_BENCH_* budget, timed steps"
-
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.bench_step_seconds: list[float] = []
+    bench_step_seconds: list[float]
 
     @classmethod
     def budget(cls) -> tuple[int, int, int]:
         return tuple(bench_schedule_from_env().values())
+
+    def on_train_start(self):
+        self.bench_step_seconds = []
+        super().on_train_start()
 
     def train_step(self, batch: dict) -> dict:
         import time

@@ -189,8 +189,8 @@ def test_prediction_values_absent_from_every_ground_truth_are_an_error(folders):
 @pytest.mark.parametrize(
     "values, message",
     [
-        (np.nan, r"1 NaN and 0 infinite voxels"),
-        (np.inf, r"0 NaN and 1 infinite voxels"),
+        (np.nan, r"1 NaN and 0 infinite voxel"),
+        (np.inf, r"0 NaN and 1 infinite voxel"),
         (1.5, r"non-integer label values, e.g. \[1.5\]"),
         (-1.0, r"negative label values, e.g. \[-1.0\]"),
     ],

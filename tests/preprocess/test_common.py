@@ -75,13 +75,13 @@ def test_check_nifti_file_catches_what_simpleitk_reads_silently(tmp_path, suffix
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     sitk.ReadImage(str(truncated))  # SimpleITK itself reads it without complaint
-    with pytest.raises(ConversionError, match=r"c1: (cannot read|.*is truncated)"):
+    with pytest.raises(ConversionError, match=r"c1: .*(cannot read|is truncated)"):
         check_nifti_file(truncated, "c1")
     data[1, 2, 3] = np.nan
     with_nan = tmp_path / f"nan{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(data), str(with_nan))
     assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(with_nan)))).any()  # NaN read as 0
-    with pytest.raises(ConversionError, match=f"c2: nan{suffix} has 1 NaN"):
+    with pytest.raises(ConversionError, match=f"c2: .*nan{suffix}: 1 NaN"):
         check_nifti_file(with_nan, "c2")
 
 

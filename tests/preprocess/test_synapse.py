@@ -183,10 +183,10 @@ def test_bad_cases_are_skipped_with_a_clear_reason_each(tmp_path, capsys):
         "synapse_0010": "missing label file",
         "synapse_0021": "unexpected label value(s) [14]",
         "synapse_0023": "expected a 3D volume",
-        "synapse_0024": "img0024.nii.gz): cannot read",
+        "synapse_0024": "img0024.nii.gz: cannot read",
         "synapse_0026": "the label map is empty (background only)",
-        "synapse_0027": "img0027.nii.gz has 1 NaN or infinite voxel(s)",
-        "synapse_0028": "label0028.nii.gz): cannot read",
+        "synapse_0027": "img0027.nii.gz: 1 NaN and 0 infinite voxel(s)",
+        "synapse_0028": "label0028.nii.gz: cannot read",
     }
     lines = {line.split()[0].rstrip(":"): line for line in summary.splitlines() if line.startswith("  synapse_")}
     assert set(lines) == set(expected)
