@@ -2,16 +2,17 @@
 
 Both commands run as fresh processes on the same nnU-Net model, inputs and device, with
 their default worker settings (nnU-Net: 3 preprocessing and 3 export processes; medattn:
-2 reading and 2 writing threads), TTA on, alternating, ``--repeats`` times each; the
-table gives the median wall time of each (process start to exit: imports, model loading,
-reading, prediction, writing) and the throughput ratio nnU-Net time / medattn time (above
-1: medattn is faster). The run fails unless both write identical label maps.
+2 reading and 2 writing threads), TTA on unless ``--no-tta``, alternating, ``--repeats``
+times each. The table gives the median wall time of each (process start to exit: imports,
+model loading, reading, prediction, writing) and the throughput ratio nnU-Net time /
+medattn time (above 1: medattn is faster). The run fails unless both write identical
+label maps.
 
-Without ``--model``, the benchmark builds one in ``--workdir`` (reused when present):
-the phantom (8 cases of 32 x 48 x 48 voxels), nnU-Net's plans, and
-``nnUNetTrainerStock_demo`` trained for one epoch of two iterations (prediction cost does
-not depend on the training; unlike the smoke trainers it allows mirroring, so TTA runs). The inputs are ``--cases`` phantom volumes of ``--shape`` voxels
-(sliding windows of the plans' patch size), unless ``--input`` is given.
+Without ``--model``, the benchmark builds one in ``--workdir`` (reused when present): the
+phantom (8 cases of 32 x 48 x 48 voxels), nnU-Net's plans, and ``nnUNetTrainerStock_demo``
+trained for one epoch of two iterations (prediction cost does not depend on the training;
+unlike the smoke trainers it allows mirroring, so TTA runs). The inputs are ``--cases``
+phantom volumes of ``--shape`` voxels, unless ``--input`` is given.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shape of the generated inputs (default: 48 96 96)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
+    parser.add_argument("--no-tta", action="store_true", help="both without mirroring (--disable_tta / --no-tta)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each command (default: 2)")
     parser.add_argument("--workdir", default="bench_predict_work",
                         help="folder for the model, inputs and outputs (default: ./bench_predict_work)")
@@ -55,6 +57,7 @@ def run(args) -> int:
     model = Path(args.model) if args.model else _build_model(work, env)
     inputs = Path(args.input) if args.input else _make_inputs(work / "inputs", args.cases, tuple(args.shape))
     n_cases = len(list(inputs.glob("*_0000.nii.gz")))
+    tta = {"nnUNetv2_predict": ["--disable_tta"], "medattn predict": ["--no-tta"]} if args.no_tta else {}
     commands = {
         "nnUNetv2_predict": [nnunet_executable("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", "{out}",
                              "-m", str(model), "-f", *args.folds, "-device", device, "--disable_progress_bar"],
@@ -62,6 +65,7 @@ def run(args) -> int:
                             "--input", str(inputs), "--output", "{out}", "--folds", *args.folds, "--device", device,
                             "--no-progress"],
     }
+    commands = {name: command + tta.get(name, []) for name, command in commands.items()}
     times: dict[str, list[float]] = {name: [] for name in commands}
     for repeat in range(args.repeats):
         for name, command in commands.items():
@@ -81,7 +85,7 @@ def run(args) -> int:
     nnunet, medattn = (statistics.median(times[name]) for name in commands)
     cpu = f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "")
     print(f"\n{n_cases} cases of {_shape_of(inputs)} voxels, model {model.name} folds {' '.join(args.folds)}, "
-          f"device {device} ({cpu}), TTA on, median of {args.repeats}\n")
+          f"device {device} ({cpu}), TTA {'off' if args.no_tta else 'on'}, median of {args.repeats}\n")
     print("| command | wall time (s) | s / case |\n|---|---|---|")
     for name, seconds in (("nnUNetv2_predict", nnunet), ("medattn predict", medattn)):
         print(f"| `{name}` | {seconds:.1f} | {seconds / n_cases:.2f} |")
