@@ -8,8 +8,10 @@ side by side in one process:
   pooling and norms count 0);
 * forward+backward latency: one training step ``module(x).backward(g)`` on an input that
   requires grad, timed interleaved (stage, block 1, block 2, ..., stage, block 1, ...), the
-  median of ``--repeats`` rounds (the FLOP count and the memory pass have already run every
-  module, so no warm-up round is needed unless ``--warmup`` asks for one);
+  fastest of ``--repeats`` rounds: on a shared machine other processes only ever add time,
+  so the minimum estimates the module's own cost best (the JSON also has the median and
+  every sample). The FLOP count and the memory pass have already run every module, so no
+  warm-up round is needed unless ``--warmup`` asks for one;
 * peak memory of that step above the memory held before it (inputs and weights excluded,
   gradients included): on CPU from the allocation events of ``torch.profiler``
   (``profile_memory=True``: every allocation and free of PyTorch's CPU allocator, summed in
@@ -52,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 from dataclasses import dataclass, field
 
 DESCRIPTION = "cost of each attention block (params, FLOPs, latency, memory) beside its conv stage\n\n" + (
@@ -65,6 +68,8 @@ RESNET50_BLOCKS = (3, 4, 6, 3)
 #: Per-feature-map blocks and DIA units measured by default; "dsm:rd_ratio=0.5" is DSNet50-A's ratio.
 DEFAULT_BLOCKS = ("cbam", "dsm", "dsm:rd_ratio=0.5", "eca", "gc", "se", "sna", "dia-lstm", "dia-light")
 DIA_PREFIX = "dia-"
+#: Solver calls shorter than this are repeated within one timing sample.
+SHORT_STEP_S = 0.02
 #: What the papers report for the network variants of :func:`resnet50_variants` (checked
 #: against /work/shared/papers; FLOPs there are multiply-adds, FPS are inference).
 PAPER_ANCHORS = {
@@ -95,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="2D input image size, a multiple of 32 (default: 224, --quick: 32)")
     parser.add_argument("--patch-size", type=int,
                         help="3D patch size, divisible by 2 per stage (default: 128, --quick: 16)")
-    parser.add_argument("--repeats", type=int, help="timed rounds per module, median reported (default: 5)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per module, the fastest is reported (default: 5)")
     parser.add_argument("--warmup", type=int, help="untimed rounds before timing (default: 0)")
     parser.add_argument("--power-iters", type=int, nargs="+", metavar="N",
                         help="power-iteration counts compared with SVD (default: 2 5 10, --quick: 2 10)")
@@ -271,30 +276,29 @@ def resolve_settings(args) -> dict:
 
 
 def build_stage(spec: StageSpec):
-    """The conv stage of ``spec`` and the modules whose outputs a DIA unit recalibrates.
-
-    Returns:
-        ``(stage, block_outputs)``: for ResNet-50 the layer and the ``bn3`` of each bottleneck
-        (the residual branch's end, before the residual add, as in the DIA paper); for
-        nnU-Net the StackedConvBlocks and each of its ConvDropoutNormReLU blocks.
-    """
+    """The conv stage of ``spec``: torchvision's ResNet-50 layer, or nnU-Net's StackedConvBlocks."""
     if spec.family == "resnet50":
         from torchvision.models import resnet50
 
         # Only the wanted layer is kept; building the whole network gives torchvision's own
         # layer construction (strides, downsample shortcuts) and initialisation.
-        stage = getattr(resnet50(weights=None), f"layer{spec.index + 1}")
-        return stage, [bottleneck.bn3 for bottleneck in stage]
+        return getattr(resnet50(weights=None), f"layer{spec.index + 1}")
     from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
     from torch import nn
 
-    stage = StackedConvBlocks(
+    return StackedConvBlocks(
         2, nn.Conv3d, spec.in_shape[0], spec.out_shape[0], kernel_size=3,
         initial_stride=1 if spec.index == 0 else 2, conv_bias=True,
         norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
     )
-    return stage, list(stage.convs)
+
+
+def block_outputs(spec: StageSpec, stage) -> list:
+    """The modules whose outputs a shared DIA unit recalibrates: the ``bn3`` of each
+    bottleneck (the residual branch's end, before the residual add, as in the DIA paper),
+    or each ConvDropoutNormReLU block of an nnU-Net stage (a plain stage has no branch)."""
+    return [bottleneck.bn3 for bottleneck in stage] if spec.family == "resnet50" else list(stage.convs)
 
 
 def build_dia_stage(spec: StageSpec, stage, block: BlockSpec):
@@ -310,10 +314,9 @@ def build_dia_stage(spec: StageSpec, stage, block: BlockSpec):
     from medattn.insertion import attach_shared_unit
 
     holder = _stage_owner_class()(copy.deepcopy(stage))
-    outputs = [b.bn3 for b in holder.stage] if spec.family == "resnet50" else list(holder.stage.convs)
     unit = create_unit(block.name, spec.out_shape[0], spatial_dims=spec.dims, num_blocks=spec.num_blocks,
                        **block.kwargs)
-    attach_shared_unit(holder, outputs, unit, name="dia")
+    attach_shared_unit(holder, block_outputs(spec, holder.stage), unit, name="dia")
     return holder
 
 
@@ -480,11 +483,14 @@ def _silenced_stderr():
         os.close(devnull)
 
 
-def time_interleaved(steps: dict, repeats: int, warmup: int, device, progress) -> dict[str, list[float]]:
+def time_interleaved(steps: dict, repeats: int, warmup: int, device, progress,
+                     min_sample_s: float = 0.0) -> dict[str, list[float]]:
     """Seconds per call of each step, measured in rounds that run every step once.
 
     Interleaving exposes every step to the same machine load, so ratios between steps stay
-    meaningful on a busy machine even when absolute times drift.
+    meaningful on a busy machine even when absolute times drift. With ``min_sample_s``, a
+    step faster than that is called repeatedly within one sample (the count is calibrated by
+    one untimed call) so that timer resolution and scheduler noise do not dominate it.
     """
     import time
 
@@ -499,21 +505,31 @@ def time_interleaved(steps: dict, repeats: int, warmup: int, device, progress) -
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
+    calls = {label: 1 for label in steps}
+    if min_sample_s > 0:
+        for label, step in steps.items():
+            calls[label] = max(1, math.ceil(min_sample_s / max(timed(step), 1e-9)))
+
+    def sample(step, count: int) -> float:
+        return timed(lambda: [step() for _ in range(count)]) / count
+
     samples = {label: [] for label in steps}
     for round_index in range(warmup + repeats):
         for label, step in steps.items():
             progress.set_postfix_str(label, refresh=False)
-            seconds = timed(step)
+            seconds = sample(step, calls[label])
             if round_index >= warmup:
                 samples[label].append(seconds)
             progress.update()
     return samples
 
 
-def _median(values: list[float]) -> float:
+def timing_summary(samples: list[float], prefix: str = "time") -> dict:
+    """``{prefix}_s`` (the fastest sample), ``{prefix}_median_s`` and ``{prefix}_samples_s``."""
     import statistics
 
-    return statistics.median(values)
+    return {f"{prefix}_s": min(samples), f"{prefix}_median_s": statistics.median(samples),
+            f"{prefix}_samples_s": samples}
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,7 +548,7 @@ def bench_stage(spec: StageSpec, block_specs: list[BlockSpec], settings: dict, d
 
     torch.manual_seed(settings["seed"])
     batch = settings["batch"]
-    stage, _ = build_stage(spec)
+    stage = build_stage(spec)
     modules = {"stage": stage}
     for block in block_specs:
         modules[block.label] = build_dia_stage(spec, stage, block) if block.kind == "dia" else build_block(spec, block)
@@ -558,8 +574,7 @@ def bench_stage(spec: StageSpec, block_specs: list[BlockSpec], settings: dict, d
     steps = {label: training_step(module, inputs[label], output_grad) for label, module in modules.items()}
     samples = time_interleaved(steps, settings["repeats"], settings["warmup"], device, progress)
     for label in modules:
-        measured[label]["time_s"] = _median(samples[label])
-        measured[label]["time_samples_s"] = samples[label]
+        measured[label] |= timing_summary(samples[label])
 
     with torch.no_grad():
         maps = stage(stage_input).mean(dim=1)
@@ -618,7 +633,8 @@ def bench_power_iteration(spec: StageSpec, stage_maps, settings: dict, device, p
             steps[f"power {n_iter}"] = _no_grad(lambda m=matrices, n=n_iter: top_singular_triplets(m, n_iter=n))
         for step in steps.values():  # first calls set up LAPACK workspaces and kernels
             step()
-        samples = time_interleaved(steps, settings["repeats"], settings["warmup"], device, progress)
+        samples = time_interleaved(steps, settings["repeats"], settings["warmup"], device, progress,
+                                   min_sample_s=SHORT_STEP_S)
         for n_iter in settings["power_iters"]:
             with torch.no_grad():
                 sigma, u, v = top_singular_triplets(matrices, n_iter=n_iter)
@@ -626,7 +642,7 @@ def bench_power_iteration(spec: StageSpec, stage_maps, settings: dict, device, p
             records.append({
                 "dims": spec.dims, "stage": spec.label, "source": source,
                 "matrices": [matrices.shape[0], *matrices.shape[1:]], "n_iter": n_iter,
-                "power_time_s": _median(samples[f"power {n_iter}"]), "svd_time_s": _median(samples["svd"]),
+                **timing_summary(samples[f"power {n_iter}"], "power_time"), **timing_summary(samples["svd"], "svd_time"),
                 **errors,
             })
     return records
@@ -698,10 +714,7 @@ def bench_networks(settings: dict, device, progress) -> list[dict]:
     infer_samples = time_interleaved(infer_steps, settings["repeats"], settings["warmup"], device, progress)
     base_label = next(iter(networks))
     for label, record in records.items():
-        record["time_s"] = _median(train_samples[label])
-        record["inference_time_s"] = _median(infer_samples[label])
-        record["time_samples_s"] = train_samples[label]
-        record["inference_time_samples_s"] = infer_samples[label]
+        record |= timing_summary(train_samples[label]) | timing_summary(infer_samples[label], "inference_time")
     base = records[base_label]
     for record in records.values():
         record["vs_stock"] = _ratios(record, base) | {
@@ -884,7 +897,7 @@ def format_markdown(results: dict) -> str:
         f"Command: `{results['command']}`",
     ]
     lines += ["", "**Blocks beside their stage** (block alone on the stage's output; ratios = block / stage; "
-              "latency = median forward+backward; memory = peak above the step's start)", ""]
+              "latency = fastest forward+backward round; memory = peak above the step's start)", ""]
     lines += _blocks_table(results["stages"], results["blocks"])
     if results["dia"]:
         lines += ["", "**DIA units shared by the blocks of a stage** (stage with the unit vs the same stage "
