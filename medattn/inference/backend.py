@@ -50,14 +50,14 @@ def check_input_file(path: str | os.PathLike) -> None:
 
     SimpleITK reads a truncated NIfTI as if the missing voxels were zeros and NaN voxels
     as 0, which would give a plausible-looking but wrong prediction, so NIfTI files are
-    also checked with nibabel (:func:`medattn.preprocess.common.check_nifti_file`).
+    also checked with nibabel (:func:`medattn.data.io.check_nifti_file`).
 
     Raises:
         CaseError: naming the file and the problem.
     """
     import SimpleITK as sitk
 
-    from medattn.preprocess.common import ConversionError, check_nifti_file
+    from medattn.data.io import ImageReadError, check_nifti_file
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -78,8 +78,8 @@ def check_input_file(path: str | os.PathLike) -> None:
             "give each channel as its own 3D file (CASE_0000, CASE_0001, ...)"
         )
     try:
-        check_nifti_file(path, context=str(path))
-    except ConversionError as err:
+        check_nifti_file(path)
+    except ImageReadError as err:
         raise CaseError(str(err)) from err
 
 
