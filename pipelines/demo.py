@@ -374,13 +374,14 @@ def _trainer_epochs(trainer: str, env: dict[str, str]) -> int | None:
 
 #: nnU-Net's log line that starts epoch k (0-based): "2026-01-01 10:00:00.000000: Epoch 3".
 _EPOCH = re.compile(r"^\S+ \S+: Epoch (\d+)\s*$", re.MULTILINE)
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ")
 
 
 def _follow(bar, log: Path, epochs: int | None) -> None:
     """Move the bar to the log's last epoch, and show the log's last line."""
     text = log.read_text(errors="replace")
     last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
-    bar.set_postfix_str(last[-70:], refresh=False)
+    bar.set_postfix_str(_TIMESTAMP.sub("", last)[-70:], refresh=False)
     if epochs:
         started = [int(m) for m in _EPOCH.findall(text)]
         done = max(started, default=0)  # epoch k has started, so k epochs are done
