@@ -33,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
     parser.add_argument("--no-tta", action="store_true", help="both without mirroring (--disable_tta / --no-tta)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each command (default: 2)")
-    parser.add_argument("--workdir", default="bench_predict_work",
-                        help="folder for the model, inputs and outputs (default: ./bench_predict_work)")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for the model, inputs and outputs, reused by the next run (default: "
+                        "medattn_bench_predict in the system's temporary folder)")
 
 
 def run(args) -> int:
@@ -43,6 +44,7 @@ def run(args) -> int:
     import statistics
     import subprocess
     import sys
+    import tempfile
     import time
     from pathlib import Path
 
@@ -52,7 +54,7 @@ def run(args) -> int:
     from medattn.nnunet.commands import nnunet_environment, nnunet_executable
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    work = Path(args.workdir).resolve()
+    work = Path(args.workdir or Path(tempfile.gettempdir()) / "medattn_bench_predict").resolve()
     env = nnunet_environment(work / "raw", work / "preprocessed", work / "results")
     model = Path(args.model) if args.model else _build_model(work, env)
     inputs = Path(args.input) if args.input else _make_inputs(work / "inputs", args.cases, tuple(args.shape))
