@@ -111,7 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes (32^2 image, 16^3 patch, two stages each), one round, no networks")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs (default: torch's)")
+    parser.add_argument("--threads", type=int,
+                        help="intra-op threads for the run (default: torch's, one per core); on a machine "
+                        "shared with other jobs, 1 avoids the stalls of threads waiting for each other")
     parser.add_argument("--seed", type=int, default=0, help="random seed of weights and inputs (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the records as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="also write the printed tables to this file")
@@ -194,7 +196,9 @@ def resnet50_stages(image_size: int, indices) -> list[StageSpec]:
         ValueError: if ``image_size`` is not a positive multiple of 32 or an index is not 0-3.
     """
     if image_size < 32 or image_size % 32:
-        raise ValueError(f"--image-size must be a positive multiple of 32 (ResNet-50 downsamples 32x), got {image_size}")
+        raise ValueError(
+            f"--image-size must be a positive multiple of 32 (ResNet-50 downsamples 32x), got {image_size}"
+        )
     specs = []
     for index in _checked_indices(indices, len(RESNET50_BLOCKS), "--stages-2d"):
         out_channels = 256 * 2**index
@@ -216,7 +220,9 @@ def nnunet_stages(patch_size: int, indices) -> list[StageSpec]:
     indices = _checked_indices(indices, len(NNUNET_FEATURES), "--stages-3d")
     deepest = max(indices)
     if patch_size < 2**deepest or patch_size % 2**deepest:
-        raise ValueError(f"--patch-size must be divisible by 2^{deepest} = {2**deepest} for stage {deepest}, got {patch_size}")
+        raise ValueError(
+            f"--patch-size must be divisible by 2^{deepest} = {2**deepest} for stage {deepest}, got {patch_size}"
+        )
     specs = []
     for index in indices:
         out_size = patch_size // 2**index
@@ -567,7 +573,8 @@ def bench_stage(spec: StageSpec, block_specs: list[BlockSpec], settings: dict, d
     for label, module in modules.items():
         progress.set_postfix_str(f"{label}: FLOPs, memory", refresh=True)
         flops_forward, flops_train = count_flops(module, inputs[label], output_grad)
-        peak = peak_memory_bytes(training_step(module, inputs[label], output_grad), device) if settings["memory"] else None
+        step = training_step(module, inputs[label], output_grad)
+        peak = peak_memory_bytes(step, device) if settings["memory"] else None
         measured[label] = {"params": count_parameters(module), "flops_forward": flops_forward,
                            "flops_train": flops_train, "peak_memory_bytes": peak}
         progress.update()
@@ -642,7 +649,8 @@ def bench_power_iteration(spec: StageSpec, stage_maps, settings: dict, device, p
             records.append({
                 "dims": spec.dims, "stage": spec.label, "source": source,
                 "matrices": [matrices.shape[0], *matrices.shape[1:]], "n_iter": n_iter,
-                **timing_summary(samples[f"power {n_iter}"], "power_time"), **timing_summary(samples["svd"], "svd_time"),
+                **timing_summary(samples[f"power {n_iter}"], "power_time"),
+                **timing_summary(samples["svd"], "svd_time"),
                 **errors,
             })
     return records
@@ -739,9 +747,9 @@ def run(args) -> int:
     except ValueError as err:
         print(f"medattn bench blocks: error: {err}", file=sys.stderr)
         return 2
-    _set_threads(args.threads)
-    results = collect(stages, block_specs, settings, device, show_progress=not args.no_progress)
-    results["machine"] = machine_description(device, results.pop("load_before"))
+    with _torch_threads(args.threads):
+        results = collect(stages, block_specs, settings, device, show_progress=not args.no_progress)
+        results["machine"] = machine_description(device, results.pop("load_before"))
     results["command"] = command_line(args, settings)
     results["settings"] = settings
     text = format_markdown(results)
@@ -797,11 +805,19 @@ def _check_block_options(block_specs: list[BlockSpec]) -> None:
             raise ValueError(f"--blocks {block.label!r}: {err}") from None
 
 
-def _set_threads(threads: int | None) -> None:
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Run with ``threads`` intra-op threads and restore the previous count afterwards
+    (``medattn.cli.main`` may be called inside a longer-lived process, e.g. by tests)."""
     import torch
 
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def collect(stages: list[StageSpec], block_specs: list[BlockSpec], settings: dict, device,

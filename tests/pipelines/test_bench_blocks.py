@@ -20,6 +20,7 @@ from medattn.pipelines import bench_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_BLOCKS = ["se", "sna", "dsm:rd_ratio=0.5", "dia-light"]
+_THREADS_BEFORE = torch.get_num_threads()
 BATCH = 2
 
 
@@ -28,7 +29,7 @@ def quick_run(tmp_path_factory):
     """One --quick run on one 2D and one 3D stage: (exit code, stdout, JSON, markdown file text)."""
     out = tmp_path_factory.mktemp("bench_blocks")
     argv = ["bench", "blocks", "--quick", "--stages-2d", "0", "--stages-3d", "1", "--blocks", *QUICK_BLOCKS,
-            "--power-iters", "2", "--no-progress", "--json", str(out / "blocks.json"),
+            "--power-iters", "2", "--threads", "1", "--no-progress", "--json", str(out / "blocks.json"),
             "--markdown", str(out / "blocks.md")]
     captured = _Capture()
     with captured:
@@ -122,7 +123,11 @@ def test_quick_run_prints_the_tables_it_writes(quick_run):
     for label in QUICK_BLOCKS:
         assert label in markdown
     machine = results["machine"]
-    assert machine["torch"] == torch.__version__ and machine["torch_threads"] >= 1 and machine["cpu"]
+    assert machine["torch"] == torch.__version__ and machine["torch_threads"] == 1 and machine["cpu"]
+
+
+def test_thread_count_is_restored_after_the_run(quick_run):
+    assert torch.get_num_threads() == _THREADS_BEFORE
 
 
 def test_quick_run_has_one_record_per_stage_and_block(quick_run):
@@ -295,8 +300,8 @@ def test_network_variants_add_what_their_blocks_hold(tmp_path):
     from medattn.blocks.dia import create_unit
 
     json_path = tmp_path / "networks.json"
-    code = main(["bench", "blocks", "--quick", "--dims", "2", "--stages-2d", "3", "--blocks", "eca",
-                 "--networks", "--no-memory", "--power-iters", "1", "--no-progress", "--json", str(json_path)])
+    code = main(["bench", "blocks", "--quick", "--dims", "2", "--stages-2d", "3", "--blocks", "eca", "--networks",
+                 "--no-memory", "--power-iters", "1", "--threads", "1", "--no-progress", "--json", str(json_path)])
     assert code == 0
     records = {r["network"]: r for r in json.loads(json_path.read_text())["networks"]}
     stock = records["ResNet-50"]["params"]
@@ -358,7 +363,7 @@ def test_readme_snippet_runs_and_prints_what_it_says(index):
     exec(compile(code, f"README.md blocks snippet {index}", "exec"), {"__name__": "readme_snippet"})
 
 
-def test_readme_parameter_counts_are_the_blocks(capsys):
+def test_readme_parameter_counts_are_the_blocks():
     from medattn import blocks
 
     rows = re.findall(r"^\| `(\w+)` \|.*\| ([\d,]+)[^|]*\|$", _readme_section(), flags=re.M)
