@@ -11,7 +11,7 @@ Output folder::
     out/
       checkpoint_last.pt   written (atomically) after every epoch; ``--resume`` continues from it
       checkpoint_best.pt   the epoch with the best validation mean Dice
-      metrics.csv          one row per epoch (loss, lr, mean and per-class Dice, timings)
+      metrics.csv          one row per epoch (loss, lr, mean and per-class Dice, wall and CPU times)
       config.json          the run's configuration, split and transform settings, readable
 
 Checkpoint format (a dict saved with ``torch.save``; every value is a tensor or a plain
@@ -489,9 +489,9 @@ class Trainer:
             lr = cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             train_loss = self._train_epoch(network, train_ds, optimizer, loss_fn, scaler, device, epoch)
-            train_time = time.perf_counter() - started
+            train_time, train_cpu = time.perf_counter() - started, time.process_time() - cpu_started
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
             val_time = 0.0
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
@@ -503,7 +503,7 @@ class Trainer:
                 row.update({f"dice_{name}": value for name, value in per_class.items()})
                 if not math.isnan(mean) and (math.isnan(best["mean_dice"]) or mean > best["mean_dice"]):
                     best = {"epoch": epoch + 1, "mean_dice": mean}
-            row.update(train_time_s=train_time, val_time_s=val_time)
+            row.update(train_time_s=train_time, train_cpu_s=train_cpu, val_time_s=val_time)
             history.append(row)
             common = dict(labels=info.labels, channel_names=info.channel_names, epoch=epoch + 1, history=history,
                           best=best, split=split, train_config=cfg.to_dict())
@@ -586,7 +586,7 @@ class Trainer:
     def _write_csv(self, history: list[dict], info) -> None:
         columns = ["epoch", "lr", "train_loss", "val_mean_dice"]
         columns += [f"dice_{_column(info.labels[v])}" for v in sorted(info.labels) if v != 0]
-        columns += ["train_time_s", "val_time_s"]
+        columns += ["train_time_s", "train_cpu_s", "val_time_s"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
