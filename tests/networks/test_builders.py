@@ -9,6 +9,7 @@ from torch import nn
 from medattn import blocks, insertion
 from medattn.networks import builders
 from medattn.networks.builders import DIA_KINDS, create, dynunet_layout, encoder_stages
+from medattn.networks.training import deep_supervision_loss
 
 NETWORKS = ("dynunet", "segresnet", "basicunet")
 #: Every per-feature-map block plus every DIA unit kind ("dia_lstm" is an alias of "dia").
@@ -51,6 +52,9 @@ def plain_twin(network: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("name", NETWORKS)
 def test_forward_backward(name, attention, spatial_dims):
+    """Training step with MONAI's DiceCELoss (over DynUNet's deep-supervision heads)."""
+    from monai.losses import DiceCELoss
+
     torch.manual_seed(0)
     network = tiny(name, spatial_dims, attention)
     attached = insertion.attached_blocks(network)
@@ -68,7 +72,8 @@ def test_forward_backward(name, attention, spatial_dims):
         expected = (1, 1 + network.deep_supr_num, 3, *x.shape[2:])
     assert tuple(output.shape) == expected
     assert torch.isfinite(output).all()
-    output.float().pow(2).mean().backward()
+    labels = torch.randint(0, 3, (1, 1, *x.shape[2:]), generator=torch.Generator().manual_seed(1)).float()
+    deep_supervision_loss(output, labels, DiceCELoss(to_onehot_y=True, softmax=True)).backward()
     for block_name, block in attached.items():
         for param_name, param in block.named_parameters():
             assert param.grad is not None, f"{block_name}.{param_name} got no gradient"
@@ -210,8 +215,6 @@ def test_dynunet_default_layout_follows_nnunet_planning():
 def test_deep_supervision_heads_and_loss():
     from monai.losses import DiceCELoss
 
-    from medattn.networks.training import deep_supervision_loss
-
     shape = (64, 16, 16)  # nnU-Net plans 3 levels below full resolution: 2 deep-supervision heads
     network = create("dynunet", 3, 1, 3, attention="dsm", filters=[4, 8, 16, 32], patch_size=shape)
     assert network.deep_supervision and network.deep_supr_num == 2
@@ -231,8 +234,14 @@ def test_deep_supervision_heads_and_loss():
         assert tuple(network.eval()(x).shape) == (1, 3, *shape)
 
 
-@pytest.mark.parametrize("attention", ["dsm", "dia"])
-@pytest.mark.parametrize("name", NETWORKS)
+#: Every block on DynUNet; the hook mechanism is the same on the other networks, so they
+#: are checked with one block of each kind (per-feature-map, shared DIA unit) and plain.
+PER_BLOCK_CASES = [("dynunet", a) for a in [None] + ATTENTIONS] + [
+    (name, a) for name in ("segresnet", "basicunet") for a in (None, "dsm", "dia")
+]
+
+
+@pytest.mark.parametrize(("name", "attention"), PER_BLOCK_CASES)
 def test_sliding_window_inference_on_a_volume_larger_than_the_roi(name, attention):
     from monai.inferers import sliding_window_inference
 
@@ -250,15 +259,8 @@ def test_sliding_window_inference_on_a_volume_larger_than_the_roi(name, attentio
         torch.testing.assert_close(sliding_window_inference(window, roi, 1, network), network(window))
 
 
-#: Every block on DynUNet; the hook mechanism is the same on the other networks, so they
-#: are checked with one block of each kind (per-feature-map, shared DIA unit) and plain.
-EXPORT_CASES = [("dynunet", a) for a in [None] + ATTENTIONS] + [
-    (name, a) for name in ("segresnet", "basicunet") for a in (None, "dsm", "dia")
-]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "attention"), EXPORT_CASES)
+@pytest.mark.parametrize(("name", "attention"), PER_BLOCK_CASES)
 def test_torch_export_matches_eager(name, attention):
     network = tiny(name, attention=attention).eval()
     x = make_input(name, 3)
@@ -268,7 +270,7 @@ def test_torch_export_matches_eager(name, attention):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention", ["se", "dia"])
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_torchscript_tracing_works_and_scripting_is_refused(attention):
     """The README's export table: trace yes, script no (forward hooks are Python objects)."""
     network = tiny("segresnet", attention=attention).eval()
@@ -278,4 +280,13 @@ def test_torchscript_tracing_works_and_scripting_is_refused(attention):
         torch.testing.assert_close(traced(x), network(x))
     with pytest.raises(Exception):
         torch.jit.script(network)
-    torch.jit.script(tiny("segresnet").eval())  # the stock network scripts: the hooks are what fails
+
+
+@pytest.mark.slow
+def test_stock_networks_script_except_deep_supervised_dynunet():
+    """The plain column of the README's TorchScript row (MONAI 1.6.1, torch 2.15)."""
+    for name in ("segresnet", "basicunet"):
+        torch.jit.script(tiny(name).eval())
+    torch.jit.script(tiny("dynunet", deep_supervision=False).eval())
+    with pytest.raises(Exception):
+        torch.jit.script(tiny("dynunet").eval())
