@@ -116,8 +116,11 @@ def _train_monai(args) -> int:
             progress=not args.no_progress,
         )
         summary = Trainer(config).run()
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medattn train monai: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        print(f"medattn train monai: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: medattn train monai --data {args.data} --out {args.out} --resume "
@@ -127,6 +130,16 @@ def _train_monai(args) -> int:
     print(f"{summary['epochs']} epochs in {summary['out']}; best validation mean Dice "
           f"{best:.4f} at epoch {summary['best_epoch']}" if best == best else f"{summary['epochs']} epochs in {summary['out']}")
     return 0
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The bad-input error behind ``err``: MONAI wraps errors raised inside transforms in
+    ``RuntimeError("applying transform ...")``; None when it is a genuine bug."""
+    while err is not None:
+        if isinstance(err, (ValueError, FileNotFoundError)):
+            return err
+        err = err.__cause__
+    return None
 
 
 def _ints(text: str) -> list[int]:

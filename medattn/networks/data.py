@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medattn.data.io import Geometry, ImageReadError, check_same_geometry, read_image
+from medattn.data.io import Geometry, ImageReadError, check_nifti_file, check_same_geometry, read_image
 
 __all__ = [
     "Case",
@@ -237,15 +237,17 @@ def header(path: str | Path) -> Geometry:
 def verify_dataset(info: DatasetInfo, progress: bool = True) -> DatasetInfo:
     """Check every case and record spacings and shapes (RAS axis order) on ``info``.
 
-    Checks: all files readable; every image channel on the label's grid (shape, spacing,
-    origin, direction); label values all declared in ``dataset.json``. A case whose label
+    Checks: all files readable, NIfTI files complete and free of NaN/infinite voxels; every
+    image channel on the label's grid (shape, spacing, origin, direction); label values all
+    declared in ``dataset.json``. A case whose label
     map holds only background is allowed (it trains the background) but warned about.
 
     Returns:
         ``info``, with :attr:`DatasetInfo.spacings` and :attr:`DatasetInfo.shapes` filled.
 
     Raises:
-        ImageReadError: for an unreadable or corrupt file, naming it.
+        ImageReadError: for an unreadable, corrupt or truncated file, naming it (NaN or
+            infinite voxels raise its subclass ``NonFiniteImageError``).
         GeometryMismatchError: for an image whose grid differs from its label's.
         ValueError: for a label value missing from ``dataset.json``, naming file and values.
     """
@@ -254,6 +256,8 @@ def verify_dataset(info: DatasetInfo, progress: bool = True) -> DatasetInfo:
     declared = set(info.labels)
     spacings, shapes = [], []
     for case in tqdm(info.cases, desc="checking dataset", unit="case", disable=not progress, leave=False):
+        for path in (*case.images, case.label):
+            check_nifti_file(path)  # SimpleITK would read NaN as 0 and a truncated file as zeros
         label, label_geometry = read_image(case.label)
         if not np.issubdtype(label.dtype, np.integer):
             if not np.all(np.isfinite(label)) or not np.array_equal(label, np.round(label)):

@@ -27,7 +27,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from medattn.data.io import Geometry, ImageReadError, check_same_geometry, read_image
+from medattn.data.io import Geometry, ImageReadError, check_nifti_file, check_same_geometry, read_image
 
 __all__ = [
     "CT_WINDOW",
@@ -110,13 +110,10 @@ def ras_affine(geometry: Geometry):
 
 def _load_channels(paths: Sequence[str], reference: Geometry | None, context: str):
     """Read image channels, check grids and finiteness; return (C, *spatial) array in (x, y, z) order."""
-    from medattn.preprocess.common import check_nifti_file
-
     arrays, geometry = [], None
     for path in paths:
-        # SimpleITK reads NaN voxels of a NIfTI file as 0 and a truncated file as zeros;
-        # nibabel sees both.
-        check_nifti_file(path, context)
+        # SimpleITK reads NaN voxels of a NIfTI file as 0 and a truncated file as zeros.
+        check_nifti_file(path)
         array, this_geometry = read_image(path)
         if reference is not None and array.ndim == len(reference.shape) + 1 and len(paths) == 1:
             # MSD multi-modal 4D file: channels are its first SimpleITK axis.
@@ -171,9 +168,7 @@ class LoadImageSITKd:
             raise ImageReadError(f"case {data.get('case_id', '?')}: no image file given")
         label_array = label_geometry = None
         if self.label_key is not None and self.label_key in data:
-            from medattn.preprocess.common import check_nifti_file
-
-            check_nifti_file(data[self.label_key], f"case {data.get('case_id', paths[0])}")
+            check_nifti_file(data[self.label_key])
             label_array, label_geometry = read_image(data[self.label_key])
         image, geometry = _load_channels(paths, label_geometry, context=f"case {data.get('case_id', paths[0])}")
         affine = ras_affine(geometry)

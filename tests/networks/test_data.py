@@ -98,6 +98,22 @@ def test_image_label_grid_mismatch_is_named(phantom, tmp_path):
         verify_dataset(discover_dataset(root), progress=False)
 
 
+def test_nan_and_truncated_images_are_caught_up_front(phantom, tmp_path):
+    from medattn.data.io import ImageReadError, NonFiniteImageError
+
+    root = _copy(phantom, tmp_path)
+    path = root / "imagesTr" / "phantom_002_0000.nii.gz"
+    image, geometry = read_image(path)
+    image = image.astype(np.float32)
+    image[1, 2, 3] = np.nan  # SimpleITK would read this voxel back as 0
+    write_image(image, geometry, path)
+    with pytest.raises(NonFiniteImageError, match="phantom_002_0000.nii.gz: 1 NaN"):
+        verify_dataset(discover_dataset(root), progress=False)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ImageReadError, match="phantom_002_0000.nii.gz"):
+        verify_dataset(discover_dataset(root), progress=False)
+
+
 def test_empty_label_map_warns(phantom, tmp_path):
     root = _copy(phantom, tmp_path)
     path = root / "labelsTr" / "phantom_000.nii.gz"
@@ -137,7 +153,7 @@ def test_loader_rejects_nan_and_mismatched_channels(phantom, tmp_path):
     bad = image.astype(np.float32)
     bad[3, 4, 5] = np.nan
     nan_path = write_image(bad, geometry, tmp_path / "nan_0000.nii.gz")
-    with pytest.raises(ValueError, match="nan_0000.nii.gz has 1 NaN"):
+    with pytest.raises(ValueError, match="nan_0000.nii.gz: 1 NaN and 0 infinite voxel"):
         LoadImageSITKd()({"image": [str(nan_path)], "label": case["label"]})
     other = discover_dataset(phantom).cases[2].images[0]
     with pytest.raises(GeometryMismatchError):

@@ -58,6 +58,19 @@ def test_bad_input_is_reported_not_raised(tmp_path, phantom, capsys):
         main(train_argv(phantom, tmp_path / "out", "--network-kwargs", "[1, 2]"))
 
 
+def test_errors_wrapped_by_monai_transforms_are_unwrapped():
+    from medattn.networks.cli import _user_error
+
+    try:
+        try:
+            raise ValueError("case7.nii.gz: bad")
+        except ValueError as inner:
+            raise RuntimeError("applying transform <LoadImageSITKd>") from inner
+    except RuntimeError as wrapped:
+        assert str(_user_error(wrapped)) == "case7.nii.gz: bad"
+    assert _user_error(RuntimeError("a genuine bug")) is None
+
+
 def test_roi_that_does_not_fit_the_network_is_refused(phantom, tmp_path, capsys):
     argv = train_argv(phantom, tmp_path / "out", "--network", "basicunet", "--epochs", "1")
     argv[argv.index("--roi") + 1] = "24,32,16"
