@@ -270,16 +270,21 @@ def test_torch_export_matches_eager(name, attention):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", [None] + ATTENTIONS)
 def test_torchscript_tracing_works_and_scripting_is_refused(attention):
     """The README's export table: trace yes, script no (forward hooks are Python objects)."""
-    network = tiny("segresnet", attention=attention).eval()
-    x = make_input("segresnet", 3)
+    # Without deep supervision, stock DynUNet scripts (see the test below), so the refusal
+    # is the hooks'.
+    network = tiny("dynunet", attention=attention, deep_supervision=False).eval()
+    x = make_input("dynunet", 3)
     with torch.no_grad():
-        traced = torch.jit.trace(network, x)
+        traced = torch.jit.trace(network, x, check_trace=False)
         torch.testing.assert_close(traced(x), network(x))
-    with pytest.raises(Exception):
+    if attention is None:
         torch.jit.script(network)
+    else:
+        with pytest.raises(Exception):
+            torch.jit.script(network)
 
 
 @pytest.mark.slow
