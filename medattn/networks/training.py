@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import random
 import sys
@@ -66,6 +65,7 @@ __all__ = [
     "Trainer",
     "auto_roi",
     "load_checkpoint",
+    "network_from_config",
     "read_checkpoint",
     "resolve_device",
     "save_checkpoint",
@@ -278,6 +278,20 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return checkpoint
 
 
+def network_from_config(config: dict) -> torch.nn.Module:
+    """Rebuild a network from its ``medattn_config`` (a checkpoint's ``network`` entry)."""
+    return builders.create(
+        config["name"],
+        config["spatial_dims"],
+        config["in_channels"],
+        config["out_channels"],
+        attention=config["attention"],
+        attention_stages=config["attention_stages"],
+        attention_kwargs=config["attention_kwargs"],
+        **config["network_kwargs"],
+    )
+
+
 def load_checkpoint(path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network of a checkpoint and load its weights.
 
@@ -296,17 +310,7 @@ def load_checkpoint(path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
             do not fit the rebuilt network.
     """
     checkpoint = read_checkpoint(path, map_location)
-    spec = dict(checkpoint["network"])
-    network = builders.create(
-        spec.pop("name"),
-        spec.pop("spatial_dims"),
-        spec.pop("in_channels"),
-        spec.pop("out_channels"),
-        attention=spec.pop("attention"),
-        attention_stages=spec.pop("attention_stages"),
-        attention_kwargs=spec.pop("attention_kwargs"),
-        **spec.pop("network_kwargs"),
-    )
+    network = network_from_config(checkpoint["network"])
     try:
         network.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -408,12 +412,7 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         if network_spec is not None:
-            spec = dict(network_spec)
-            return builders.create(
-                spec.pop("name"), spec.pop("spatial_dims"), spec.pop("in_channels"), spec.pop("out_channels"),
-                attention=spec.pop("attention"), attention_stages=spec.pop("attention_stages"),
-                attention_kwargs=spec.pop("attention_kwargs"), **spec.pop("network_kwargs"),
-            )
+            return network_from_config(network_spec)
         network = builders.create(
             cfg.network,
             transforms.spatial_dims,
@@ -473,11 +472,11 @@ class Trainer:
 
         by_id = {c.case_id: c.as_dict() for c in info.cases}
         train_transform = train_transforms(transforms)
-        progress = cfg.progress
+        # CacheDataset loads and preprocesses every case once, with its own tqdm bar.
         train_ds = CacheDataset([by_id[i] for i in split["train"]], train_transform, cache_rate=cfg.cache_rate,
-                                num_workers=max(1, cfg.num_workers), progress=False)
+                                num_workers=max(1, cfg.num_workers), progress=cfg.progress)
         val_ds = CacheDataset([by_id[i] for i in split["val"]], val_transforms(transforms), cache_rate=cfg.cache_rate,
-                              num_workers=max(1, cfg.num_workers), progress=False)
+                              num_workers=max(1, cfg.num_workers), progress=cfg.progress)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         scaler = torch.amp.GradScaler(device.type) if cfg.amp and device.type == "cuda" else None
         self._log(
