@@ -19,7 +19,7 @@ Names are loaded on first use so that ``medattn --help`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
+from medattn._lazy import lazy_exports
 
 _EXPORTS = {
     "predict": "medattn.inference.predict",
@@ -37,11 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,7 +18,7 @@ Attributes are imported lazily so that ``medattn --help`` does not load torch or
 
 from __future__ import annotations
 
-import importlib
+from medattn._lazy import lazy_exports
 
 _LAZY = {
     "create": "medattn.networks.builders",
@@ -37,11 +37,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medattn.networks' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
