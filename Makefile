@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 # The whole suite, slow tests included (this is what CI runs).
 test: install
-	$(VENV)/bin/pytest --run-slow
+	$(VENV)/bin/pytest --run-slow --durations=25
 
 # The quick local loop: slow tests are skipped.
 test-fast: install

@@ -87,12 +87,17 @@ class _SharedUnitRun:
 
     The stage's pre-hook clears the state, each block's hook advances it, and the stage's
     post-hook clears it again, so nothing survives a forward call (or an exception in it:
-    the next pre-hook clears it regardless).
+    the next pre-hook clears it regardless). ``owner`` is the module holding the unit.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, owner: nn.Module):
         self.name = name
+        self.owner = owner
         self.state = None
+
+    @property
+    def unit(self) -> nn.Module:
+        return getattr(self.owner, self.name)
 
     def start(self, module, args):
         self.state = None
@@ -101,17 +106,14 @@ class _SharedUnitRun:
         self.state = None
 
 
-
 class _SharedUnitStep:
     """Forward hook on one block of a stage: ``y, state = unit(y, state)``."""
 
-    def __init__(self, run: _SharedUnitRun, stage: nn.Module):
+    def __init__(self, run: _SharedUnitRun):
         self.run = run
-        self.stage = stage
 
     def __call__(self, module, args, output):
-        unit = getattr(self.stage, self.run.name)
-        output, self.run.state = unit(output, self.run.state)
+        output, self.run.state = self.run.unit(output, self.run.state)
         return output
 
 
@@ -120,6 +122,7 @@ def attach_shared_unit(
     block_outputs: Sequence[nn.Module],
     unit: nn.Module,
     name: str = "dia",
+    owner: nn.Module | None = None,
 ) -> nn.Module:
     """Share one DIA unit across the blocks of a stage (DIA paper, section 4.2.1).
 
@@ -128,48 +131,58 @@ def attach_shared_unit(
     ``None`` on every forward pass of ``stage`` and flows through ``block_outputs`` in the
     order given, which must be the order in which they run.
 
+    The state is reset by hooks on ``stage`` itself, so any module whose forward runs the
+    blocks works as a stage, an ``nn.Sequential`` of blocks included (MONAI's SegResNet and
+    BasicUNet stages, torchvision's ResNet layers): hooks leave a container's forward and
+    indexing unchanged. Only the unit's parameters need a non-Sequential home.
+
     Args:
-        stage: the module whose forward runs all ``block_outputs``; it owns the unit, so
-            the unit's parameters appear once in the state dict, as ``<stage path>.<name>.*``.
-            An ``nn.Sequential`` stage hands ownership to its last element (see
-            :func:`hook_host`), which must then contain the blocks.
+        stage: the module whose forward runs all ``block_outputs``.
         block_outputs: for each block, the module whose output is recalibrated: the
             residual branch's last conv (before the residual add) for residual blocks, or
             the whole conv block for plain stages.
         unit: the shared unit.
-        name: attribute name of the unit on the stage.
+        name: attribute name of the unit on its owner; its parameters appear once in the
+            state dict, as ``<owner path>.<name>.*``.
+        owner: the module that holds the unit. Default: ``stage``, or for an
+            ``nn.Sequential`` stage its last element (recursively, see :func:`hook_host`),
+            the same place :func:`attach_after` would put a block.
 
     Returns:
         The module that owns the unit.
 
     Raises:
-        ValueError: if ``block_outputs`` is empty or a name is taken.
+        ValueError: if ``block_outputs`` is empty, ``owner`` is an ``nn.Sequential`` or
+            the name is taken.
     """
     if len(block_outputs) == 0:
         raise ValueError("block_outputs is empty: a shared unit needs at least one block")
-    owner = hook_host(stage)
+    owner = hook_host(stage) if owner is None else owner
+    if isinstance(owner, nn.Sequential):
+        raise ValueError("owner must not be an nn.Sequential (it would run the unit as one of its layers)")
     if hasattr(owner, name):
         raise ValueError(f"{type(owner).__name__} already has an attribute {name!r}; choose another name")
     owner.add_module(name, unit)
-    run = _SharedUnitRun(name)
-    owner.register_forward_pre_hook(run.start)
-    owner.register_forward_hook(run.finish)
+    run = _SharedUnitRun(name, owner)
+    stage.register_forward_pre_hook(run.start)
+    stage.register_forward_hook(run.finish)
     for block in block_outputs:
-        block.register_forward_hook(_SharedUnitStep(run, owner))
+        block.register_forward_hook(_SharedUnitStep(run))
     return owner
 
 
 def attached_blocks(network: nn.Module) -> dict[str, nn.Module]:
     """Every block inserted by this module, by qualified name (for logging and tests)."""
+    paths = {id(module): module_name for module_name, module in network.named_modules()}
     found = {}
     for module_name, module in network.named_modules():
         for hook in module._forward_hooks.values():
             if isinstance(hook, _ApplyChild):
                 found[f"{module_name}.{hook.name}".lstrip(".")] = getattr(module, hook.name)
         for hook in module._forward_pre_hooks.values():
-            owner_run = getattr(hook, "__self__", None)
-            if isinstance(owner_run, _SharedUnitRun):
-                found[f"{module_name}.{owner_run.name}".lstrip(".")] = getattr(module, owner_run.name)
+            run = getattr(hook, "__self__", None)
+            if isinstance(run, _SharedUnitRun) and id(run.owner) in paths:
+                found[f"{paths[id(run.owner)]}.{run.name}".lstrip(".")] = run.unit
     return found
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -308,38 +307,17 @@ def block_outputs(spec: StageSpec, stage) -> list:
 
 
 def build_dia_stage(spec: StageSpec, stage, block: BlockSpec):
-    """A deep copy of ``stage`` with a DIA unit shared by its blocks.
-
-    The copy is wrapped in a holder that owns the unit: a ResNet layer is an
-    ``nn.Sequential``, and ``attach_shared_unit`` would hand a Sequential's unit (and the
-    state reset at the start of each forward call) to its last bottleneck.
-    """
+    """A deep copy of ``stage`` with a DIA unit shared by its blocks."""
     import copy
 
     from medattn.blocks.dia import create_unit
     from medattn.insertion import attach_shared_unit
 
-    holder = _stage_owner_class()(copy.deepcopy(stage))
+    stage = copy.deepcopy(stage)
     unit = create_unit(block.name, spec.out_shape[0], spatial_dims=spec.dims, num_blocks=spec.num_blocks,
                        **block.kwargs)
-    attach_shared_unit(holder, block_outputs(spec, holder.stage), unit, name="dia")
-    return holder
-
-
-@functools.cache
-def _stage_owner_class():
-    """``StageOwner(stage)``: a module whose forward is ``stage``'s (defined lazily: torch)."""
-    from torch import nn
-
-    class StageOwner(nn.Module):
-        def __init__(self, stage: nn.Module):
-            super().__init__()
-            self.stage = stage
-
-        def forward(self, x):
-            return self.stage(x)
-
-    return StageOwner
+    attach_shared_unit(stage, block_outputs(spec, stage), unit)
+    return stage
 
 
 def build_block(spec: StageSpec, block: BlockSpec):
@@ -389,7 +367,7 @@ def _resnet50(per_bottleneck=None, layers=(0, 1, 2, 3), dia=None):
                                                  else host.num_features, spatial_dims=2, **kwargs))
         if dia is not None:
             unit = create_unit(dia, layer[-1].bn3.num_features, spatial_dims=2, num_blocks=len(layer))
-            attach_shared_unit(network, [b.bn3 for b in layer], unit, name=f"dia_layer{index + 1}")
+            attach_shared_unit(layer, [b.bn3 for b in layer], unit)
     return network
 
 

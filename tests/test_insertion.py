@@ -94,6 +94,37 @@ def test_shared_unit_threads_state_through_blocks_and_resets_per_call():
     assert sum(1 for key in stage.state_dict() if key.endswith("weight") and "dia" in key) == 1
 
 
+def test_shared_unit_on_a_sequential_stage_of_blocks():
+    """A stage that is an nn.Sequential of its blocks (SegResNet, ResNet layers): the state
+    restarts before the first block although the unit lives in the last one."""
+    torch.manual_seed(0)
+    stage = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 1))
+    x = torch.randn(1, 2, 4, 4)
+    stock = copy.deepcopy(stage)
+    unit = CountingUnit()
+    owner = attach_shared_unit(stage, list(stage), unit)
+    assert owner is stage[2] and len(stage) == 3
+    for _ in range(2):
+        unit.seen.clear()
+        out = stage(x)
+        assert unit.seen == [None, 1, 2]
+    # Block t's output is multiplied by t + 1, computed on a copy without hooks.
+    torch.testing.assert_close(out, 3 * stock[2](2 * stock[1](1 * stock[0](x))))
+    assert attached_blocks(stage) == {"2.dia": unit}
+
+
+def test_shared_unit_with_an_explicit_owner():
+    network = nn.Module()
+    network.stage = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
+    attach_shared_unit(network.stage, list(network.stage), CountingUnit(), name="dia_stage", owner=network)
+    assert "dia_stage.weight" in network.state_dict()
+    assert set(attached_blocks(network)) == {"dia_stage"}
+    with pytest.raises(ValueError, match="Sequential"):
+        attach_shared_unit(network.stage, list(network.stage), CountingUnit(), owner=network.stage)
+    with pytest.raises(ValueError, match="empty"):
+        attach_shared_unit(network.stage, [], CountingUnit())
+
+
 def test_hooked_networks_deepcopy_and_pickle():
     stage = Stage()
     attach_after(stage.convs[0], Scale(2.0))

@@ -408,12 +408,7 @@ def _attach(network, stage: EncoderStage, attention: str, spatial_dims: int, kwa
         unit = create_unit(
             DIA_KINDS[attention], stage.channels, spatial_dims=spatial_dims, num_blocks=len(stage.layers), **kwargs
         )
-        # The network, not the stage, owns the unit: SegResNet and BasicUNet stages are
-        # nn.Sequential containers of their blocks, and attach_shared_unit would hand a
-        # Sequential stage's unit (and the state reset) to its last block. Owned by the
-        # network, the state is reset once per forward call and each stage's unit still
-        # only sees its own layers.
-        insertion.attach_shared_unit(network, stage.layers, unit, name="dia_" + stage.name.replace(".", "_"))
+        insertion.attach_shared_unit(stage.module, stage.layers, unit)
     else:
         from medattn import blocks
 

@@ -106,7 +106,7 @@ def test_stock_keys_unchanged_and_stock_weights_load(name, attention):
     result = network.load_state_dict(plain.state_dict(), strict=False)
     assert result.unexpected_keys == []
     assert set(result.missing_keys) == extended - stock
-    marker = "dia_" if attention == "dia" else ".attention."
+    marker = ".dia." if attention == "dia" else ".attention."
     assert all(marker in key for key in result.missing_keys)
 
 
