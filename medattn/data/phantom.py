@@ -150,14 +150,26 @@ def _case_seed(seed: int, index: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the medattn phantom as an nnU-Net raw dataset.")
-    parser.add_argument("out_dir", help="nnU-Net raw folder to write into")
-    parser.add_argument("--cases", type=int, default=6)
-    parser.add_argument("--test-cases", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset-id", type=int, default=990)
+    parser = argparse.ArgumentParser(
+        prog="python -m medattn.data.phantom",
+        description="Write the medattn phantom (CT-like, anisotropic, rotated and flipped grids) "
+        "as an nnU-Net v2 raw dataset: OUT_DIR/Dataset{ID}_Phantom with imagesTr, labelsTr, "
+        "imagesTs/labelsTs (held-out cases) and dataset.json. Prints the dataset folder.",
+    )
+    parser.add_argument("out_dir", help="nnU-Net raw folder to write into (e.g. $nnUNet_raw)")
+    parser.add_argument("--cases", type=int, default=6, help="training cases (default: 6)")
+    parser.add_argument("--test-cases", type=int, default=0, help="held-out cases in imagesTs/labelsTs (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed; the same seed writes the same files")
+    parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset id, 1-999 (default: 990)")
+    parser.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"),
+                        help="voxels per case in (z, y, x) order (default: 32 48 48)")
     args = parser.parse_args(argv)
-    print(make_phantom_dataset(args.out_dir, args.cases, args.seed, dataset_id=args.dataset_id, n_test=args.test_cases))
+    try:
+        root = make_phantom_dataset(args.out_dir, args.cases, args.seed, shape=tuple(args.shape),
+                                    dataset_id=args.dataset_id, n_test=args.test_cases)
+    except ValueError as err:
+        parser.error(str(err))
+    print(root)
     return 0
 
 
