@@ -323,6 +323,33 @@ def load_checkpoint(path, map_location="cpu") -> tuple[torch.nn.Module, dict]:
 # ----------------------------------------------------------------------------- training
 
 
+@dataclass
+class _Progress:
+    """Where a training run stands: epochs done, the metrics rows, the best validation."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "mean_dice": float("nan")})
+
+    @classmethod
+    def restore(cls, resume_state, network, optimizer) -> "_Progress":
+        """A fresh start, or the state of ``checkpoint_last.pt`` loaded into ``network``
+        and ``optimizer``."""
+        if resume_state is None:
+            return cls()
+        network.load_state_dict(resume_state["state_dict"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        return cls(int(resume_state["epoch"]), list(resume_state["history"]), dict(resume_state["best"]))
+
+    def record(self, row: dict) -> None:
+        """Append an epoch's row; a higher validation mean Dice becomes the best."""
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        mean = row.get("val_mean_dice", float("nan"))
+        if not math.isnan(mean) and (math.isnan(self.best["mean_dice"]) or mean > self.best["mean_dice"]):
+            self.best = {"epoch": row["epoch"], "mean_dice": mean}
+
+
 class Trainer:
     """Train one network on one dataset; see the module docstring for what it writes.
 
@@ -447,7 +474,6 @@ class Trainer:
             ValueError, FileNotFoundError: for bad data, a bad configuration, or a resume
                 that does not match the stored run, with the file or value named.
         """
-        from monai.data import CacheDataset
         from monai.losses import DiceCELoss
 
         cfg = self.config
@@ -456,27 +482,17 @@ class Trainer:
         device = resolve_device(cfg.device)
         network = self._build_network(info, transforms, network_spec).to(device)
         optimizer = self._optimizer(network)
-        history, best, start_epoch = [], {"epoch": 0, "mean_dice": float("nan")}, 0
-        if resume_state is not None:
-            network.load_state_dict(resume_state["state_dict"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            history, best, start_epoch = list(resume_state["history"]), dict(resume_state["best"]), int(resume_state["epoch"])
+        progress = _Progress.restore(resume_state, network, optimizer)
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / "config.json", {
             "train_config": cfg.to_dict(), "network": network.medattn_config, "transforms": transforms.to_dict(),
             "labels": {str(k): v for k, v in info.labels.items()}, "channel_names": info.channel_names, "split": split,
         })
-        if start_epoch >= cfg.epochs:
-            self._log(f"{self.out / LAST} already has {start_epoch} epochs (asked for {cfg.epochs}); nothing to do")
-            return self._summary(start_epoch, best)
+        if progress.epoch >= cfg.epochs:
+            self._log(f"{self.out / LAST} already has {progress.epoch} epochs (asked for {cfg.epochs}); nothing to do")
+            return self._summary(progress.epoch, progress.best)
 
-        by_id = {c.case_id: c.as_dict() for c in info.cases}
-        train_transform = train_transforms(transforms)
-        # CacheDataset loads and preprocesses every case once, with its own tqdm bar.
-        train_ds = CacheDataset([by_id[i] for i in split["train"]], train_transform, cache_rate=cfg.cache_rate,
-                                num_workers=max(1, cfg.num_workers), progress=cfg.progress)
-        val_ds = CacheDataset([by_id[i] for i in split["val"]], val_transforms(transforms), cache_rate=cfg.cache_rate,
-                              num_workers=max(1, cfg.num_workers), progress=cfg.progress)
+        train_ds, val_ds = self._datasets(info, transforms, split)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         scaler = torch.amp.GradScaler(device.type) if cfg.amp and device.type == "cuda" else None
         self._log(
@@ -484,38 +500,55 @@ class Trainer:
             f"{len(split['train'])} training / {len(split['val'])} validation cases, roi {transforms.roi}, "
             f"spacing {[round(s, 3) for s in transforms.spacing]}, intensity {transforms.intensity}, device {device}"
         )
-        for epoch in range(start_epoch, cfg.epochs):
-            lr = cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            started, cpu_started = time.perf_counter(), time.process_time()
-            train_loss = self._train_epoch(network, train_ds, optimizer, loss_fn, scaler, device, epoch)
-            train_time, train_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
-            val_time = 0.0
-            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                started = time.perf_counter()
-                per_class = self._validate(network, val_ds, transforms, info, device, epoch)
-                val_time = time.perf_counter() - started
-                mean = float(np.nanmean(list(per_class.values()))) if per_class else float("nan")
-                row["val_mean_dice"] = mean
-                row.update({f"dice_{name}": value for name, value in per_class.items()})
-                if not math.isnan(mean) and (math.isnan(best["mean_dice"]) or mean > best["mean_dice"]):
-                    best = {"epoch": epoch + 1, "mean_dice": mean}
-            row.update(train_time_s=train_time, train_cpu_s=train_cpu, val_time_s=val_time)
-            history.append(row)
-            common = dict(labels=info.labels, channel_names=info.channel_names, epoch=epoch + 1, history=history,
-                          best=best, split=split, train_config=cfg.to_dict())
+        for epoch in range(progress.epoch, cfg.epochs):
+            row = self._epoch(network, optimizer, loss_fn, scaler, device, epoch, train_ds, val_ds, transforms, info)
+            progress.record(row)
+            common = dict(labels=info.labels, channel_names=info.channel_names, epoch=epoch + 1,
+                          history=progress.history, best=progress.best, split=split, train_config=cfg.to_dict())
             save_checkpoint(self.out / LAST, network, transforms, optimizer=optimizer.state_dict(), **common)
-            if best["epoch"] == epoch + 1:
+            if progress.best["epoch"] == epoch + 1:
                 save_checkpoint(self.out / BEST, network, transforms, **common)
-            self._write_csv(history, info)
+            self._write_csv(progress.history, info)
             self._log(
-                f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f}"
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f}"
                 + (f", val mean Dice {row['val_mean_dice']:.4f}" if "val_mean_dice" in row else "")
-                + f" ({train_time:.1f} s train, {val_time:.1f} s val)"
+                + f" ({row['train_time_s']:.1f} s train, {row['val_time_s']:.1f} s val)"
             )
-        return self._summary(cfg.epochs, best)
+        return self._summary(cfg.epochs, progress.best)
+
+    def _datasets(self, info, transforms: TransformConfig, split: dict):
+        """Training and validation datasets; MONAI's CacheDataset loads and preprocesses
+        every case once, with its own progress bar."""
+        from monai.data import CacheDataset
+
+        cfg = self.config
+        by_id = {c.case_id: c.as_dict() for c in info.cases}
+        return tuple(
+            CacheDataset([by_id[i] for i in split[part]], transform, cache_rate=cfg.cache_rate,
+                         num_workers=max(1, cfg.num_workers), progress=cfg.progress)
+            for part, transform in (("train", train_transforms(transforms)), ("val", val_transforms(transforms)))
+        )
+
+    def _epoch(self, network, optimizer, loss_fn, scaler, device, epoch, train_ds, val_ds, transforms, info) -> dict:
+        """One epoch at nnU-Net's poly learning rate, validated every ``val_every`` epochs
+        and at the last; returns the epoch's row of the metrics CSV."""
+        cfg = self.config
+        lr = cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started, cpu_started = time.perf_counter(), time.process_time()
+        train_loss = self._train_epoch(network, train_ds, optimizer, loss_fn, scaler, device, epoch)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss}
+        train_time, train_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        val_time = 0.0
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            started = time.perf_counter()
+            per_class = self._validate(network, val_ds, transforms, info, device, epoch)
+            val_time = time.perf_counter() - started
+            row["val_mean_dice"] = float(np.nanmean(list(per_class.values()))) if per_class else float("nan")
+            row.update({f"dice_{name}": value for name, value in per_class.items()})
+        row.update(train_time_s=train_time, train_cpu_s=train_cpu, val_time_s=val_time)
+        return row
 
     def _seed_epoch(self, epoch: int) -> torch.Generator:
         # Seeding from (seed, epoch) makes a resumed run draw the same crops, flips and
