@@ -24,6 +24,7 @@ lower and only the side-by-side comparison is meaningful.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 DESCRIPTION = "DynUNet with attention vs plain on MSD Task04 hippocampus: Dice, HD95, time per epoch\n\n" + (
     __doc__.split("\n", 1)[1].strip().replace("``", "")
@@ -55,89 +56,110 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import shutil
     import time
-    from pathlib import Path
 
-    from medattn.data.io import write_image, write_text_atomic
-    from medattn.evaluation import evaluate_folders
+    from medattn.data.io import write_text_atomic
     from medattn.networks.data import discover_dataset
-    from medattn.networks.inference import Predictor
-    from medattn.networks.training import TrainConfig, Trainer, read_checkpoint
 
     data, work = Path(args.data), Path(args.work)
     if not (data / "dataset.json").is_file():
-        print(f"bench monai: {data} is not the MSD Task04 folder (no dataset.json)")
+        print(f"bench monai: {data} is not a dataset folder (no dataset.json)")
         return 2
+    info = discover_dataset(data)
     filters = [int(v) for v in args.filters.split(",")]
     roi = [int(v) for v in args.roi.split(",")]
     variants = ["plain"] + [a for a in args.attention if a != "plain"]
-    results = {}
     started = time.perf_counter()
-    for variant in variants:
-        out = work / "runs" / variant
-        if out.exists():
-            shutil.rmtree(out)  # a benchmark always measures a fresh run
-        config = TrainConfig(
-            data=str(data), out=str(out), network="dynunet", attention=None if variant == "plain" else variant,
-            network_kwargs={"filters": filters}, epochs=args.epochs, roi=roi, batch_size=args.batch_size,
-            samples_per_case=args.samples_per_case, optimizer=args.optimizer, lr=args.lr,
-            val_every=args.epochs, limit_cases=args.limit_cases, seed=args.seed, device=args.device,
-        )
-        Trainer(config).run()
-        checkpoint = read_checkpoint(out / "checkpoint_last.pt")
-        results[variant] = {"history": checkpoint["history"], "split": checkpoint["split"],
-                            "parameters": sum(v.numel() for k, v in checkpoint["state_dict"].items()
-                                              if not k.startswith("skip_layers."))}
-        predictions = work / "predictions" / variant
-        if predictions.exists():
-            shutil.rmtree(predictions)
-        predictor = Predictor(out / "checkpoint_last.pt", device=args.device)
-        by_id = {case.case_id: case for case in discover_dataset(data).cases}
-        for case_id in checkpoint["split"]["val"]:
-            labels, geometry = predictor.predict_case(by_id[case_id].images)
-            write_image(labels, geometry, predictions / Path(by_id[case_id].label).name)
-
-    # Ground truth of the held-out cases (the same split for every variant, by construction).
-    split = results["plain"]["split"]
-    gt = work / "ground_truth"
-    if gt.exists():
-        shutil.rmtree(gt)
-    gt.mkdir(parents=True)
-    by_id = {case.case_id: case for case in discover_dataset(data).cases}
-    for case_id in split["val"]:
-        shutil.copy(by_id[case_id].label, gt / Path(by_id[case_id].label).name)
-
-    step_seconds = interleaved_step_seconds(variants, filters, roi, args.batch_size * args.samples_per_case,
-                                            args.device, args.timing_steps, args.seed)
-    labels = {1: "anterior", 2: "posterior"}
-    table = [_header(len(split["train"]), len(split["val"]), args, time.perf_counter() - started)]
-    table.append("| variant | params | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | "
-                 "HD95 posterior (mm) | s / step (interleaved median) | step time ratio | s / epoch wall, CPU | "
-                 "p (Dice vs plain) |")
-    table.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for variant in variants:
-        compare = None if variant == "plain" else work / "predictions" / "plain"
-        evaluation = evaluate_folders(work / "predictions" / variant, gt, labels=labels, compare=compare,
-                                      out_dir=work / "reports" / variant, progress=False)
-        per_class = evaluation.per_class.set_index("label")
-        dice = [per_class.loc[k, "dice_mean"] for k in labels]
-        hd95 = [per_class.loc[k, "hd95_mean"] for k in labels]
-        wall, cpu = (_epoch_seconds(results[variant]["history"], key) for key in ("train_time_s", "train_cpu_s"))
-        p_value = "" if evaluation.comparison is None else _p_values(evaluation.comparison)
-        table.append(
-            f"| {variant} | {results[variant]['parameters']:,} | {dice[0]:.4f} | {dice[1]:.4f} | "
-            f"{sum(dice) / len(dice):.4f} | {hd95[0]:.2f} | {hd95[1]:.2f} | {step_seconds[variant]:.3f} | "
-            f"{step_seconds[variant] / step_seconds['plain']:.2f} | {wall:.0f}, {cpu:.0f} | {p_value} |"
-        )
-    text = "\n".join(table) + "\n"
+    runs = {variant: _train_and_predict(variant, args, info, work, filters, roi) for variant in variants}
+    split = runs["plain"]["split"]  # the same for every variant, by construction
+    _write_ground_truth(info, split["val"], work / "ground_truth")
+    step_seconds = interleaved_step_seconds(
+        variants, filters, roi, args.batch_size * args.samples_per_case, args.device, args.timing_steps, args.seed,
+        in_channels=len(info.channel_names), num_classes=info.num_classes,
+    )
+    labels = {value: name for value, name in info.labels.items() if value != 0}
+    rows = [_table_row(variant, runs[variant], step_seconds, labels, work) for variant in variants]
+    text = "\n".join([_header(len(split["train"]), len(split["val"]), args, time.perf_counter() - started),
+                      *_table_head(labels), *rows]) + "\n"
     print(text)
     if args.markdown:
         write_text_atomic(args.markdown, text)
     return 0
 
 
-def interleaved_step_seconds(variants, filters, roi, batch, device, steps, seed) -> dict[str, float]:
+def _train_and_predict(variant: str, args, info, work, filters, roi) -> dict:
+    """Train ``variant`` from scratch, predict its held-out cases with the last checkpoint
+    into ``work/predictions/<variant>``; returns its history, split and parameter count."""
+    import shutil
+
+    from medattn.data.io import write_image
+    from medattn.networks.inference import Predictor
+    from medattn.networks.training import TrainConfig, Trainer, read_checkpoint
+
+    out = work / "runs" / variant
+    if out.exists():
+        shutil.rmtree(out)  # a benchmark always measures a fresh run
+    config = TrainConfig(
+        data=str(info.root), out=str(out), network="dynunet", attention=None if variant == "plain" else variant,
+        network_kwargs={"filters": filters}, epochs=args.epochs, roi=roi, batch_size=args.batch_size,
+        samples_per_case=args.samples_per_case, optimizer=args.optimizer, lr=args.lr,
+        val_every=args.epochs, limit_cases=args.limit_cases, seed=args.seed, device=args.device,
+    )
+    Trainer(config).run()
+    checkpoint = read_checkpoint(out / "checkpoint_last.pt")
+    predictions = work / "predictions" / variant
+    if predictions.exists():
+        shutil.rmtree(predictions)
+    predictor = Predictor(out / "checkpoint_last.pt", device=args.device)
+    by_id = {case.case_id: case for case in info.cases}
+    for case_id in checkpoint["split"]["val"]:
+        labels, geometry = predictor.predict_case(by_id[case_id].images)
+        write_image(labels, geometry, predictions / Path(by_id[case_id].label).name)
+    # DynUNet keeps its skip connections twice in the state dict (as skip_layers and as
+    # the encoder/decoder modules); counting them once gives the network's real size.
+    parameters = sum(v.numel() for k, v in checkpoint["state_dict"].items() if not k.startswith("skip_layers."))
+    return {"history": checkpoint["history"], "split": checkpoint["split"], "parameters": parameters}
+
+
+def _write_ground_truth(info, case_ids, folder) -> None:
+    """Copy the held-out reference label files into ``folder`` (emptied first)."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    by_id = {case.case_id: case for case in info.cases}
+    for case_id in case_ids:
+        shutil.copy(by_id[case_id].label, folder / Path(by_id[case_id].label).name)
+
+
+def _table_head(labels: dict[int, str]) -> list[str]:
+    columns = ["variant", "params", *(f"Dice {n}" for n in labels.values()), "mean Dice",
+               *(f"HD95 {n} (mm)" for n in labels.values()), "s / step (interleaved median)", "step time ratio",
+               "s / epoch wall, CPU", "p (Dice vs plain)"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _table_row(variant: str, run: dict, step_seconds: dict, labels: dict[int, str], work) -> str:
+    """Score ``variant``'s predictions (paired with plain's when it is not plain) and format its row."""
+    from medattn.evaluation import evaluate_folders
+
+    compare = None if variant == "plain" else work / "predictions" / "plain"
+    evaluation = evaluate_folders(work / "predictions" / variant, work / "ground_truth", labels=labels,
+                                  compare=compare, out_dir=work / "reports" / variant, progress=False)
+    per_class = evaluation.per_class.set_index("label")
+    dice = [per_class.loc[k, "dice_mean"] for k in labels]
+    hd95 = [per_class.loc[k, "hd95_mean"] for k in labels]
+    wall, cpu = (_epoch_seconds(run["history"], key) for key in ("train_time_s", "train_cpu_s"))
+    p_value = "" if evaluation.comparison is None else _p_values(evaluation.comparison)
+    cells = [variant, f"{run['parameters']:,}", *(f"{d:.4f}" for d in dice), f"{sum(dice) / len(dice):.4f}",
+             *(f"{h:.2f}" for h in hd95), f"{step_seconds[variant]:.3f}",
+             f"{step_seconds[variant] / step_seconds['plain']:.2f}", f"{wall:.0f}, {cpu:.0f}", p_value]
+    return "| " + " | ".join(cells) + " |"
+
+
+def interleaved_step_seconds(variants, filters, roi, batch, device, steps, seed, in_channels: int = 1,
+                             num_classes: int = 3) -> dict[str, float]:
     """Median wall seconds of one training step per variant, the variants interleaved.
 
     Each round runs one step of every variant, in an order rotated from round to round, so
@@ -155,12 +177,12 @@ def interleaved_step_seconds(variants, filters, roi, batch, device, steps, seed)
 
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 1, *roi, generator=generator).to(device)
-    labels = torch.randint(0, 3, (batch, 1, *roi), generator=generator).float().to(device)
+    images = torch.randn(batch, in_channels, *roi, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (batch, 1, *roi), generator=generator).float().to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     runs = {}
     for variant in variants:
-        network = create("dynunet", 3, 1, 3, attention=None if variant == "plain" else variant,
+        network = create("dynunet", 3, in_channels, num_classes, attention=None if variant == "plain" else variant,
                          filters=filters, patch_size=roi, spacing=[1.0] * len(roi)).to(device).train()
         runs[variant] = (network, torch.optim.AdamW(network.parameters(), lr=1e-3))
     times = {variant: [] for variant in variants}
@@ -194,6 +216,6 @@ def _p_values(comparison) -> str:
 
 
 def _header(n_train, n_val, args, seconds) -> str:
-    return (f"DynUNet (filters {args.filters}, ROI {args.roi}) on MSD Task04: {n_train} training / {n_val} "
+    return (f"DynUNet (filters {args.filters}, ROI {args.roi}) on {Path(args.data).name}: {n_train} training / {n_val} "
             f"held-out cases, {args.epochs} epochs, {args.optimizer} lr {args.lr}, batch {args.batch_size} x "
             f"{args.samples_per_case} crops, seed {args.seed}; total wall time {seconds / 60:.1f} min\n")
