@@ -370,55 +370,76 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from medattn.data.io import write_json_atomic, write_text_atomic
-    from medattn.nnunet.commands import nnunet_environment
-
-    for name in ("epochs", "iterations", "val_iterations", "n_proc_da"):
-        if getattr(args, name) < (0 if name == "n_proc_da" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
+    _check_arguments(args)
     trainers = [REFERENCE] + [t for t in dict.fromkeys(args.trainers) if t != REFERENCE]
     work = Path(args.work_dir).resolve()
-    data = Path(args.data)
-    if not data.is_dir():
-        raise ValueError(f"{data}: data folder not found (pass --data)")
-    env = nnunet_environment(work / "raw", work / "preprocessed", work / "results", n_proc=2)
-    env.update(nnUNet_n_proc_DA=str(args.n_proc_da), MEDATTN_BENCH_EPOCHS=str(args.epochs),
-               MEDATTN_BENCH_ITERATIONS=str(args.iterations), MEDATTN_BENCH_VAL_ITERATIONS=str(args.val_iterations))
+    env = _environment(work, args)
     started = time.time()
     loads = {"start": _load_average()}
-    preprocessed = _prepare_dataset(data, work, env, args.timeout)
+    preprocessed = _prepare_dataset(Path(args.data), work, env, args.timeout)
     split = _write_split(preprocessed, work / "raw" / DATASET_NAME, args)
     gt_dir = _validation_ground_truth(work, split["val"])
 
     results, reference_metrics = {}, None
     for trainer in tqdm(trainers, desc="trainers", unit="trainer"):
-        record = _train(trainer, work, env, args)
-        loads[f"after training {trainer}"] = _load_average()
-        seconds = _predict(trainer, work, split["val"], env, args)
-        metrics, summary, paired = _evaluate(trainer, work, gt_dir, reference_metrics)
+        results[trainer], metrics = _bench_trainer(trainer, work, env, args, split, gt_dir, reference_metrics, loads)
         if trainer == REFERENCE:
             reference_metrics = metrics
-        results[trainer] = {
-            "params": record["num_parameters"], "step": timing_summary(record["step_seconds"], skip=5),
-            "infer": timing_summary(seconds, skip=0), "summary": summary, "paired": paired,
-            "batch_size": record["batch_size"], "patch_size": record["patch_size"],
-            "torch_threads": record["torch_threads"],
-        }
-    table = format_tables(results)
+    text = _write_results(work, args, split, loads, results, time.time() - started)
+    print(text)
+    print(json.dumps({"validation cases": split["val"]}))
+    return 0
+
+
+def _check_arguments(args) -> None:
+    for name in ("epochs", "iterations", "val_iterations", "n_proc_da"):
+        if getattr(args, name) < (0 if name == "n_proc_da" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
+    if not Path(args.data).is_dir():
+        raise ValueError(f"{args.data}: data folder not found (pass --data)")
+
+
+def _environment(work: Path, args) -> dict:
+    """nnU-Net's folders under ``work`` and the benchmark budget, for every subprocess."""
+    from medattn.nnunet.commands import nnunet_environment
+
+    env = nnunet_environment(work / "raw", work / "preprocessed", work / "results", n_proc=2)
+    env.update(nnUNet_n_proc_DA=str(args.n_proc_da), MEDATTN_BENCH_EPOCHS=str(args.epochs),
+               MEDATTN_BENCH_ITERATIONS=str(args.iterations), MEDATTN_BENCH_VAL_ITERATIONS=str(args.val_iterations))
+    return env
+
+
+def _bench_trainer(trainer, work, env, args, split, gt_dir, reference_metrics, loads) -> tuple[dict, object]:
+    """Train, time and score one trainer; returns its results row and per-case metrics."""
+    record = _train(trainer, work, env, args)
+    loads[f"after training {trainer}"] = _load_average()
+    seconds = _predict(trainer, work, split["val"], env, args)
+    metrics, summary, paired = _evaluate(trainer, work, gt_dir, reference_metrics)
+    row = {
+        "params": record["num_parameters"], "step": timing_summary(record["step_seconds"], skip=5),
+        "infer": timing_summary(seconds, skip=0), "summary": summary, "paired": paired,
+        "batch_size": record["batch_size"], "patch_size": record["patch_size"],
+        "torch_threads": record["torch_threads"],
+    }
+    return row, metrics
+
+
+def _write_results(work: Path, args, split, loads, results, wall_seconds: float) -> str:
+    """Write ``results.json`` and ``results.md`` under ``work``; returns the markdown."""
+    from medattn.data.io import write_json_atomic, write_text_atomic
+
     settings = {key: getattr(args, key) for key in ("epochs", "iterations", "val_iterations", "val_cases",
                                                     "train_cases", "seed", "device", "n_proc_da")}
     header = (
         f"{len(split['train'])} training / {len(split['val'])} validation cases (seed {args.seed}); "
         f"{args.epochs} epochs x {args.iterations} iterations; device {args.device}; "
-        f"wall {time.time() - started:.0f} s; load averages {loads}\n\n"
+        f"wall {wall_seconds:.0f} s; load averages {loads}\n\n"
     )
     write_json_atomic(work / "results.json", {"settings": settings, "split": split, "loads": loads,
-                                              "wall_seconds": time.time() - started, "results": results})
-    write_text_atomic(work / "results.md", header + table)
-    print(header + table)
-    print(json.dumps({"validation cases": split["val"]}))
-    return 0
-
+                                              "wall_seconds": wall_seconds, "results": results})
+    text = header + format_tables(results)
+    write_text_atomic(work / "results.md", text)
+    return text
 
 if __name__ == "__main__":
     import sys

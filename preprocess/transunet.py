@@ -395,6 +395,26 @@ def _import_case(job: _ImportJob) -> list[Path]:
     ]
 
 
+
+def _assumed_spacing(spacing, report: ConversionReport) -> tuple[float, ...]:
+    """The spacing to write when no reference geometry is given; warns when it is the default."""
+    spacing = tuple(float(s) for s in (spacing or DEFAULT_SPACING))
+    if spacing == DEFAULT_SPACING:
+        warn(f"TransUNet files store no voxel spacing; assuming {spacing} mm (x, y, z), identity direction "
+             f"and zero origin. Pass --spacing, or --reference RAWDATA for the exact BTCV geometry", report)
+    return spacing
+
+
+def _reject_duplicated_cases(cases, report: ConversionReport) -> list[int]:
+    """Case numbers found both as training slices and as a test volume, recorded as failures:
+    which of the two is right cannot be told from the files."""
+    numbers = [case.number for case in cases]
+    duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
+    for number in duplicated:
+        report.failed.append(CaseFailure(case_name(number), f"{case_name(number)}: {transunet_name(number)} "
+                                         "appears both as training slices and as a test volume"))
+    return duplicated
+
 def convert_transunet(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -452,15 +472,8 @@ def convert_transunet(
         )
     references = read_reference_geometries(reference) if reference is not None else {}
     if reference is None:
-        spacing = tuple(float(s) for s in (spacing or DEFAULT_SPACING))
-        if spacing == DEFAULT_SPACING:
-            warn(f"TransUNet files store no voxel spacing; assuming {spacing} mm (x, y, z), identity direction "
-                 f"and zero origin. Pass --spacing, or --reference RAWDATA for the exact BTCV geometry", report)
-    numbers = [case.number for case in cases]
-    duplicated = sorted({n for n in numbers if numbers.count(n) > 1})
-    for number in duplicated:
-        report.failed.append(CaseFailure(case_name(number), f"{case_name(number)}: {transunet_name(number)} "
-                                         "appears both as training slices and as a test volume"))
+        spacing = _assumed_spacing(spacing, report)
+    duplicated = _reject_duplicated_cases(cases, report)
     jobs_by_name = {
         case.name: _ImportJob(case, folder, len(label_names) - 1, intensity, spacing or DEFAULT_SPACING,
                               reference is not None, references.get(case.number))
