@@ -7,7 +7,7 @@
 
 Modules:
 
-- :mod:`medattn.inference.predict`: :func:`predict`, :func:`detect_model`, the batch pipeline.
+- :mod:`medattn.inference.batch`: :func:`predict`, :func:`detect_model`, the batch pipeline.
 - :mod:`medattn.inference.naming`: input files to cases, cases to output names.
 - :mod:`medattn.inference.backend`: the backend interface and the input checks.
 - :mod:`medattn.inference.nnunet_backend`: nnU-Net models through nnU-Net's predictor.
@@ -22,12 +22,12 @@ from __future__ import annotations
 from medattn._lazy import lazy_exports
 
 _EXPORTS = {
-    "predict": "medattn.inference.predict",
-    "PredictionReport": "medattn.inference.predict",
-    "CaseFailure": "medattn.inference.predict",
-    "ModelSource": "medattn.inference.predict",
-    "detect_model": "medattn.inference.predict",
-    "load_backend": "medattn.inference.predict",
+    "predict": "medattn.inference.batch",
+    "PredictionReport": "medattn.inference.batch",
+    "CaseFailure": "medattn.inference.batch",
+    "ModelSource": "medattn.inference.batch",
+    "detect_model": "medattn.inference.batch",
+    "load_backend": "medattn.inference.batch",
     "Case": "medattn.inference.naming",
     "collect_inputs": "medattn.inference.naming",
     "group_cases": "medattn.inference.naming",

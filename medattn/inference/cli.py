@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps (default: auto)")
     parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (faster)")
+    parser.add_argument("--step-size", type=_step_size, default=0.5, metavar="S",
+                        help="sliding-window step as a fraction of the patch size, in (0, 1]: nnU-Net's -step_size "
+                        "(default: 0.5, half-patch overlap; 1 is faster, with no overlap)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write CASE.npz (class probabilities, nnU-Net's format) and CASE.pkl")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
@@ -61,6 +64,16 @@ def register(subparsers) -> None:
                         "predicts (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=run)
+
+
+def _step_size(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
 
 
 def _fold(text: str):
@@ -87,7 +100,7 @@ def run(args) -> int:
     import signal
     import threading
 
-    from medattn.inference.predict import predict
+    from medattn.inference.batch import predict
 
     # SIGTERM as an exception, so that half-written temporary files are removed on the way out
     # (signal handlers can only be set from the main thread).
@@ -96,7 +109,7 @@ def run(args) -> int:
     try:
         report = predict(
             args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
-            tta=not args.no_tta, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+            tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
             jobs=args.jobs, progress=not args.no_progress,
         )
     except (ValueError, OSError) as err:

@@ -85,6 +85,8 @@ class MonaiBackend:
         device: where the network runs.
         tta: mirroring test-time augmentation over every spatial axis.
         sw_batch_size: windows per forward pass.
+        step_size: sliding-window step as a fraction of the ROI; MONAI's overlap is
+            ``1 - step_size``.
 
     Raises:
         ValueError: if the checkpoint cannot be read or rebuilt, naming it.
@@ -92,7 +94,8 @@ class MonaiBackend:
 
     kind = "monai"
 
-    def __init__(self, checkpoint: Path, device: torch.device, tta: bool = True, sw_batch_size: int = 2):
+    def __init__(self, checkpoint: Path, device: torch.device, tta: bool = True, sw_batch_size: int = 2,
+                 step_size: float = 0.5):
         from medattn.networks.training import load_checkpoint
         from medattn.networks.transforms import TransformConfig, inference_transforms
 
@@ -103,11 +106,12 @@ class MonaiBackend:
         self.num_classes = int(config["network"]["out_channels"])
         self.device = device
         self.sw_batch_size = sw_batch_size
+        self.overlap = 1.0 - step_size
         axes = tuple(range(self.transforms.spatial_dims)) if tta else ()
         self.network = (MirroredNetwork(network, axes) if axes else network).to(device).eval()
         self.description = (
             f"MONAI {config['network']['name']} (attention {config['network'].get('attention') or 'none'}) "
-            f"from {checkpoint}, {device}, TTA mirroring axes {axes or 'none'}"
+            f"from {checkpoint}, {device}, TTA mirroring axes {axes or 'none'}, step size {step_size}"
         )
 
     def prepare(self, case: Case) -> _Prepared:
@@ -132,7 +136,7 @@ class MonaiBackend:
 
         image = prepared.data["image"].as_tensor()[None].to(self.device)
         logits = sliding_window_inference(
-            image, self.transforms.roi, self.sw_batch_size, self.network, overlap=0.5, mode="gaussian",
+            image, self.transforms.roi, self.sw_batch_size, self.network, overlap=self.overlap, mode="gaussian",
         )
         return torch.softmax(logits[0].float(), dim=0).cpu()
 

@@ -62,6 +62,8 @@ class NNUNetBackend:
         checkpoint: checkpoint file name inside each fold folder.
         device: where the network runs.
         tta: mirroring test-time augmentation over the axes the trainer allowed.
+        step_size: sliding-window step as a fraction of the patch size (nnU-Net's
+            ``tile_step_size``).
 
     Raises:
         ValueError: for a missing fold or checkpoint, naming what is available.
@@ -70,7 +72,7 @@ class NNUNetBackend:
     kind = "nnunet"
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str | None,
-                 device: torch.device, tta: bool = True):
+                 device: torch.device, tta: bool = True, step_size: float = 0.5):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
@@ -84,7 +86,7 @@ class NNUNetBackend:
         try:
             with contextlib.redirect_stdout(chatter):
                 predictor = nnUNetPredictor(
-                    tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                    tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                     perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
                 )
                 predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint)
@@ -104,7 +106,7 @@ class NNUNetBackend:
         mirroring = predictor.allowed_mirroring_axes if tta else None
         self.description = (
             f"nnU-Net {predictor.trainer_name}, folds {', '.join(map(str, folds))} ({checkpoint}), "
-            f"{device}, TTA mirroring axes {tuple(mirroring) if mirroring else 'none'}"
+            f"{device}, TTA mirroring axes {tuple(mirroring) if mirroring else 'none'}, step size {step_size}"
         )
 
     def prepare(self, case: Case) -> _Prepared:

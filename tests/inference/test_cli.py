@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medattn.cli import main
-from medattn.inference.predict import detect_model
+from medattn.inference.batch import detect_model
 
 
 def _fake_nnunet_model(root, folds=(0,)):

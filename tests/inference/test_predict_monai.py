@@ -89,3 +89,20 @@ def test_monai_checkpoint_predicts_on_the_input_grid(demo_out, phantom_images, t
         np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
         np.testing.assert_array_equal(probabilities.argmax(axis=0), expected)
     assert not list(mirrored.glob("*.npz")), "probabilities are written only when asked"
+
+
+@pytest.mark.slow
+def test_step_size_sets_monai_overlap(demo_out, phantom_images, tmp_path):
+    """--step-size 1 is MONAI's sliding window with overlap 0 (the MONAI path's Predictor)."""
+    from medattn.cli import main
+    from medattn.data.io import list_images
+    from medattn.inference.monai_backend import find_monai_checkpoint
+    from medattn.networks.inference import Predictor
+
+    checkpoint = find_monai_checkpoint(demo_out / "monai" / "dynunet_dsm")
+    image_path = list_images(phantom_images)[0]
+    assert main(["predict", "--model", str(checkpoint), "--input", str(image_path), "--output", str(tmp_path),
+                 "--no-tta", "--step-size", "1", "--device", "cpu", "--no-progress"]) == 0
+    expected, _ = Predictor(checkpoint, device="cpu", overlap=0.0, progress=False).predict_case([image_path])
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / image_path.name.replace("_0000", ""))))
+    np.testing.assert_array_equal(ours, expected)

@@ -114,9 +114,10 @@ def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predic
         _assert_same_grid(reference_predictions / image.name.replace("_0000", ""), image)
 
 
-def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_images, tmp_path):
+@pytest.mark.parametrize("step_size", [0.5, 1.0])
+def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_images, tmp_path, step_size):
     """The reference: nnU-Net's predictor in this process, on the array nnU-Net's reader gives
-    (a full-size case: several sliding windows)."""
+    (a full-size case: several sliding windows), at nnU-Net's default step and at a full step."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -124,9 +125,10 @@ def test_no_tta_equals_nnunet_predictor_without_mirroring(stock_model, phantom_i
 
     image = list_images(phantom_images)[0]
     assert main(["predict", "--model", str(stock_model), "--input", str(image), "--output", str(tmp_path),
-                 "--no-tta", "--device", "cpu", "--no-progress"]) == 0
+                 "--no-tta", "--device", "cpu", "--no-progress", "--step-size", str(step_size)]) == 0
     register_trainers()
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(tile_step_size=step_size, use_mirroring=False, device=torch.device("cpu"),
+                                allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(stock_model), (0,), "checkpoint_final.pth")
     data, properties = SimpleITKIO().read_images([str(image)])
     expected = predictor.predict_single_npy_array(data, properties)
@@ -243,3 +245,20 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, small_image
         assert line is not None, f"{name} missing from the failure summary:\n{summary}"
         assert re.search(problem, line), line
     assert "2 predicted, 0 skipped" in captured.err and "5 failed" in captured.err
+
+
+@pytest.mark.parametrize("step_size", ["0", "-0.5", "1.5", "nan", "half"])
+def test_step_size_outside_zero_one_is_refused(step_size, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+              "--step-size", step_size])
+    assert exit_info.value.code == 2
+    assert f"--step-size: must be a number in (0, 1], got {step_size!r}" in capsys.readouterr().err
+
+
+def test_step_size_is_checked_by_the_api_too(stock_model, small_images, tmp_path):
+    from medattn.inference import predict
+
+    with pytest.raises(ValueError, match=r"step size must be in \(0, 1\].*got 0"):
+        predict(stock_model, small_images, tmp_path / "out", step_size=0, progress=False)
+    assert not (tmp_path / "out").exists()

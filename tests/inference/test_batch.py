@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from medattn.inference.backend import CaseError
+from medattn.inference.batch import CaseFailure, PredictionReport, _Pipeline
 from medattn.inference.naming import Case
-from medattn.inference.predict import CaseFailure, PredictionReport, _Pipeline
 
 
 class FakeBackend:
@@ -72,3 +72,18 @@ def test_summary_lists_failures():
     assert "2 case(s): 1 predicted, 1 skipped" in report.summary()
     report.failures.append(CaseFailure("c", "x: bad"))
     assert not report.ok and "FAILED (1):\n  c: x: bad" in report.summary()
+
+
+def test_package_exports_the_predict_function_not_a_module():
+    """The batch module is not called ``predict``: a submodule of that name would replace the
+    exported function on the package as soon as it is imported."""
+    import importlib
+
+    import medattn.inference
+    from medattn.inference.batch import predict as batch_predict
+
+    importlib.import_module("medattn.inference.batch")
+    from medattn.inference import predict
+
+    assert predict is batch_predict and callable(predict)
+    assert medattn.inference.predict is batch_predict

@@ -112,20 +112,32 @@ def resolve_device(device: str):
     return resolved
 
 
-def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = None, device="auto", tta: bool = True):
+#: Sliding-window step as a fraction of the patch size: nnU-Net's default (0.5 overlap).
+DEFAULT_STEP_SIZE = 0.5
+
+
+def check_step_size(step_size: float) -> None:
+    """Raise ``ValueError`` unless ``0 < step_size <= 1`` (a larger step would leave gaps)."""
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not 0 < step_size <= 1:
+        raise ValueError(f"step size must be in (0, 1] (a fraction of the patch size), got {step_size!r}")
+
+
+def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = None, device="auto", tta: bool = True,
+                 step_size: float = DEFAULT_STEP_SIZE):
     """The backend (:class:`~medattn.inference.backend.Backend`) for a detected model."""
+    check_step_size(step_size)
     device = resolve_device(device) if isinstance(device, str) else device
     if source.kind == "nnunet":
         from medattn.inference.nnunet_backend import NNUNetBackend
 
         if folds is None and source.fold is not None:
             folds = [source.fold]
-        return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta)
+        return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta, step_size=step_size)
     if folds:
         raise ValueError(f"--folds applies to nnU-Net models; {source.path} is a single MONAI checkpoint")
     from medattn.inference.monai_backend import MonaiBackend
 
-    return MonaiBackend(source.path, device, tta=tta)
+    return MonaiBackend(source.path, device, tta=tta, step_size=step_size)
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,7 @@ def predict(
     checkpoint: str | None = None,
     device: str = "auto",
     tta: bool = True,
+    step_size: float = DEFAULT_STEP_SIZE,
     save_probabilities: bool = False,
     overwrite: bool = False,
     jobs: int = 2,
@@ -203,6 +216,10 @@ def predict(
             checkpoint file in a MONAI output folder.
         device: "auto", "cpu", "cuda", "cuda:1", "mps".
         tta: mirroring test-time augmentation.
+        step_size: sliding-window step as a fraction of the patch size, in (0, 1]
+            (nnU-Net's ``-step_size``; MONAI overlap ``1 - step_size``). 0.5, the default
+            of both, is what nnU-Net validates with; 1 (no overlap) is about 2**dims
+            times fewer windows, at some accuracy cost at window borders.
         save_probabilities: also write ``CASE.npz`` (class probabilities, (K, z, y, x)) and
             ``CASE.pkl``, as nnU-Net does.
         overwrite: predict cases whose outputs exist.
@@ -214,12 +231,13 @@ def predict(
 
     Raises:
         FileNotFoundError, ValueError: for a missing or unusable model or input, an output
-            folder that is an input folder, or ``jobs < 1``.
+            folder that is an input folder, ``jobs < 1`` or a step size outside (0, 1].
     """
     import torch
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs!r}")
+    check_step_size(step_size)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output_dir = Path(output_dir)
     _check_output_not_input(output_dir, inputs)
@@ -227,7 +245,8 @@ def predict(
     source = detect_model(model, checkpoint)
     threads = torch.get_num_threads()
     try:
-        backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta)
+        backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta,
+                               step_size=step_size)
         cases, problems = group_cases(files, backend.num_channels)
         report = PredictionReport(model=backend.description)
         report.failures += [CaseFailure(p.name, p.message) for p in problems]
