@@ -25,6 +25,8 @@ _EXPORTS = {
     "label_metrics": "medattn.evaluation.metrics",
     "surface_distances": "medattn.evaluation.metrics",
     "LabelMap": "medattn.evaluation.labels",
+    "Region": "medattn.evaluation.labels",
+    "label_column_value": "medattn.evaluation.labels",
     "LabelMapError": "medattn.evaluation.labels",
     "parse_label_map": "medattn.evaluation.labels",
     "CONVENTIONS": "medattn.evaluation.conventions",

@@ -4,6 +4,10 @@ Cases are paired by file name without its image suffix (``case_01.nii.gz`` in th
 prediction folder goes with ``case_01.nii.gz`` or ``case_01.nrrd`` in the ground-truth
 folder). Every file SimpleITK reads is accepted (NIfTI, NRRD, MHA).
 
+With a region-based label map (nnU-Net's region-based training, see
+:mod:`medattn.evaluation.labels`), every region is scored like a label on the masks of
+its values, and the ``label`` column holds its values joined by ``+`` (``"1+2+3"``).
+
 Before any metric is computed, all pairs are checked: missing predictions, and shape,
 spacing, origin and direction of every pair (from the file headers). Then the cases are
 evaluated, in parallel with ``jobs > 1``. Every problem found is collected, and the run
@@ -34,7 +38,7 @@ from medattn.data.io import (
     read_image,
 )
 from medattn.evaluation.conventions import DESCRIPTIONS, check_convention, empty_case_scores, grid_diagonal
-from medattn.evaluation.labels import LabelMap, default_name, parse_label_map
+from medattn.evaluation.labels import LabelMap, Region, default_name, label_column_value, parse_label_map
 from medattn.evaluation.metrics import METRIC_COLUMNS, label_metrics
 from medattn.evaluation.stats import overall_means, paired_comparison, per_class_summary
 
@@ -73,8 +77,10 @@ class EvaluationResult:
     """Tables of one evaluation, the same as the files written to ``out_dir``.
 
     Attributes:
-        metrics: long table, one row per case and label, columns :data:`CSV_COLUMNS`.
-        per_class: one row per label with ``<metric>_mean/_std/_n/_excluded``.
+        metrics: long table, one row per case and label (or region), columns
+            :data:`CSV_COLUMNS`; ``label`` holds the label value, or for a region its
+            values joined by ``+`` (``"1+2+3"``).
+        per_class: one row per label or region with ``<metric>_mean/_std/_n/_excluded``.
         mean: mean over classes of the per-class means, per metric.
         summary: everything above plus the settings, as written to ``summary.json``.
         compare_metrics: ``metrics`` of the ``compare`` folder, or None.
@@ -103,11 +109,25 @@ class EvaluationResult:
 
 
 @dataclass(frozen=True)
+class _Scored:
+    """A label or region as the tables show it."""
+
+    column_value: int | str  # the "label" column: a label's value, a region's "1+2+3"
+    name: str
+    metric_key: int | tuple[int, ...]  # what label_metrics takes and keys its result by
+
+    @classmethod
+    def of(cls, entry: int | Region, name: str) -> "_Scored":
+        metric_key = entry.values if isinstance(entry, Region) else entry
+        return cls(label_column_value(entry), name, metric_key)
+
+
+@dataclass(frozen=True)
 class _CaseTask:
     case: str
     gt_path: Path
     pred_paths: tuple[Path | None, ...]  # the predictions, then the compared predictions
-    scored: tuple[int, ...] | None  # None: every foreground value found in the case
+    scored: tuple[int | tuple[int, ...], ...] | None  # labels and regions; None: the values found
     valid_values: frozenset[int] | None  # None: no label map, checked after all cases
     voxel_units: bool
     convention: str
@@ -118,7 +138,7 @@ class _CaseResult:
     case: str
     gt_values: set[int]
     pred_values: list[set[int]]
-    metrics: list[dict[int, dict[str, float]]]
+    metrics: list[dict[int | tuple[int, ...], dict[str, float]]]
     diagonal: float
 
 
@@ -140,8 +160,9 @@ def evaluate_folders(
         pred_dir: folder of predicted label images.
         gt_dir: folder of ground-truth label images; every case in it is scored.
         labels: label map (``dataset.json``-style path, inline ``"1=aorta,2=liver"``, a
-            ``{value: name}`` mapping or a :class:`LabelMap`). None: the union of the
-            non-zero values of the ground truth, named ``label_<k>``.
+            ``{value: name}`` mapping or a :class:`LabelMap`), or a region-based one
+            (``dataset.json`` with regions, inline ``"whole_tumor=1+2+3,tumor_core=2+3"``).
+            None: the union of the non-zero values of the ground truth, named ``label_<k>``.
         convention: empty-mask convention, "transunet", "nnunet" or "strict"
             (see :mod:`medattn.evaluation.conventions`).
         spacing: "image" for distances in mm and volumes in mm³ from the image spacing,
@@ -177,15 +198,14 @@ def evaluate_folders(
     results, problems = _run(tasks, jobs, progress)
     if problems:
         raise EvaluationError(f"{len(problems)} case(s) failed", problems)
-    scored, names = _scored_labels(label_map, tasks, results, gt_dir)
+    scored = _scored_labels(label_map, tasks, results, gt_dir)
 
-    tables = [_long_table(results, i, scored, names, convention) for i in range(len(pred_folders))]
-    per_class = [per_class_summary(table, scored, names) for table in tables]
+    tables = [_long_table(results, i, scored, convention) for i in range(len(pred_folders))]
+    per_class, comparison = _class_statistics(tables, scored, compare is not None)
     means = [overall_means(table) for table in per_class]
-    comparison = paired_comparison(tables[0], tables[1], scored, names) if compare is not None else None
     units = {"distance": "voxels" if spacing == "voxel" else "mm", "volume": "voxels" if spacing == "voxel" else "mm3"}
     summary = _summary(
-        pred_folders, gt_dir, label_map, scored, names, convention, spacing, units,
+        pred_folders, gt_dir, label_map, scored, convention, spacing, units,
         [r.case for r in results], per_class, means, comparison, unmatched,
     )
     result = EvaluationResult(
@@ -222,7 +242,7 @@ def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as
             case=case,
             gt_path=gt_path,
             pred_paths=tuple(cases.get(case) for cases in pred_cases),
-            scored=label_map.scored if label_map else None,
+            scored=tuple(entry.metric_key for entry in _scored_of_map(label_map)) if label_map else None,
             valid_values=label_map.valid_values if label_map else None,
             voxel_units=spacing == "voxel",
             convention=convention,
@@ -232,11 +252,11 @@ def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as
     return tasks, unmatched
 
 
-def _scored_labels(label_map, tasks, results, gt_dir) -> tuple[list[int], dict[int, str]]:
-    """The labels to report and their names; without a map, the ground truth's values,
-    and then a prediction value that no ground truth holds is an error."""
+def _scored_labels(label_map, tasks, results, gt_dir) -> list[_Scored]:
+    """The labels or regions to report, in order; without a map, the ground truth's
+    values, and then a prediction value that no ground truth holds is an error."""
     if label_map is not None:
-        return list(label_map.scored), dict(label_map.names)
+        return _scored_of_map(label_map)
     scored = sorted(set().union(*(r.gt_values for r in results)))
     if not scored:
         raise EvaluationError(f"{gt_dir}: the ground truth holds no foreground label; pass a label map", [])
@@ -249,7 +269,11 @@ def _scored_labels(label_map, tasks, results, gt_dir) -> tuple[list[int], dict[i
     ]
     if problems:
         raise EvaluationError("predictions hold labels outside the ground truth", problems)
-    return scored, {k: default_name(k) for k in scored}
+    return [_Scored.of(k, default_name(k)) for k in scored]
+
+
+def _scored_of_map(label_map: LabelMap) -> list[_Scored]:
+    return [_Scored.of(entry, label_map.name_of(entry)) for entry in label_map.scored]
 
 
 def read_label_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
@@ -443,23 +467,33 @@ def _check_values(values: set[int], valid: frozenset[int] | None, path: Path) ->
         )
 
 
-def _long_table(results: Sequence[_CaseResult], index: int, scored, names, convention):
+def _long_table(results: Sequence[_CaseResult], index: int, scored: Sequence[_Scored], convention):
     import pandas as pd
 
     rows = []
     for result in results:
         computed = result.metrics[index]
-        for label in scored:
-            values = computed.get(label)
+        for entry in scored:
+            values = computed.get(entry.metric_key)
             if values is None:  # absent from this case's images: both masks empty
                 empty = empty_case_scores(convention, True, True, result.diagonal)
                 values = {"dice": empty.dice, "hd95": empty.hd95, "assd": empty.assd,
                           "vol_pred": 0.0, "vol_gt": 0.0, "vol_diff": 0.0, "rvd": math.nan}
-            rows.append({"case": result.case, "label": int(label), "name": names[label], **values})
+            rows.append({"case": result.case, "label": entry.column_value, "name": entry.name, **values})
     return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
 
 
-def _summary(pred_folders, gt_dir, label_map, scored, names, convention, spacing, units, cases,
+def _class_statistics(tables, scored: Sequence[_Scored], compare: bool):
+    """:func:`per_class_summary` of every table and, with ``compare``, the
+    :func:`paired_comparison` of the first two."""
+    values = [entry.column_value for entry in scored]
+    names = {entry.column_value: entry.name for entry in scored}
+    per_class = [per_class_summary(table, values, names) for table in tables]
+    comparison = paired_comparison(tables[0], tables[1], values, names) if compare else None
+    return per_class, comparison
+
+
+def _summary(pred_folders, gt_dir, label_map, scored, convention, spacing, units, cases,
              per_class, means, comparison, unmatched) -> dict:
     from medattn import __version__
 
@@ -484,7 +518,7 @@ def _summary(pred_folders, gt_dir, label_map, scored, names, convention, spacing
         "spacing": spacing,
         "units": units,
         "label_map": label_map.source if label_map else "ground-truth values",
-        "labels": {str(k): names[k] for k in scored},
+        "labels": {str(entry.column_value): entry.name for entry in scored},
         "n_cases": len(cases),
         "cases": cases,
         "per_class": class_block(per_class[0]),

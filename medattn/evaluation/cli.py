@@ -20,9 +20,16 @@ examples:
   medattn evaluate --pred attention --gt gt --out eval --compare stock \\
       --labels "1=aorta,2=gallbladder,6=liver" -j 4
 
-outputs in --out: metrics.csv (one row per case and label), summary.json,
-report.md and report.html (self-contained, box plots embedded); with --compare
-also metrics_compare.csv and comparison.csv.
+  # nnU-Net region-based dataset (BraTS): each region is scored on the union of
+  # its label values; from its dataset.json or inline ("+" joins the values)
+  medattn evaluate --pred pred --gt gt --out eval --labels dataset.json
+  medattn evaluate --pred pred --gt gt --out eval \\
+      --labels "whole_tumor=1+2+3,tumor_core=2+3,enhancing=3"
+
+outputs in --out: metrics.csv (one row per case and label or region; the label
+column of a region holds its values, e.g. 1+2+3), summary.json, report.md and
+report.html (self-contained, box plots embedded); with --compare also
+metrics_compare.csv and comparison.csv.
 
 empty-mask conventions (--convention):
   transunet  both empty: Dice 0, HD95 0; prediction empty: Dice 0, HD95 0;
@@ -55,7 +62,9 @@ def register(subparsers) -> None:
         "--labels",
         metavar="MAP",
         help='label map: a dataset.json-style file ({"labels": {"aorta": 1, ...}}, optional '
-        '"evaluate_labels" subset) or inline "1=aorta,2=gallbladder". Default: the non-zero '
+        '"evaluate_labels" subset) or inline "1=aorta,2=gallbladder"; nnU-Net regions: '
+        '{"labels": {"whole_tumor": [1, 2, 3], ...}, "regions_class_order": [...]} or inline '
+        '"whole_tumor=1+2+3,tumor_core=2+3,enhancing=3". Default: the non-zero '
         "values found in the ground truth, named label_<k>",
     )
     parser.add_argument(

@@ -1,4 +1,7 @@
-"""Dice, HD95, ASSD and volume difference of binary and label masks.
+"""Dice, HD95, ASSD and volume difference of binary and label masks, and of regions.
+
+A region (nnU-Net's region-based training) is a union of label values; it is scored on
+the binary masks of the voxels holding any of its values, like a label on its own.
 
 The surface distances follow medpy's definition (``medpy.metric.binary``): the surface
 of a mask is the mask minus its erosion by the cross-shaped (connectivity 1) structuring
@@ -164,21 +167,25 @@ def binary_metrics(
 def label_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
-    labels: Sequence[int],
+    labels: Sequence[int | Sequence[int]],
     spacing: Sequence[float] | None = None,
     convention: str = "nnunet",
     pred_boxes: Sequence[tuple[slice, ...] | None] | None = None,
     gt_boxes: Sequence[tuple[slice, ...] | None] | None = None,
-) -> dict[int, dict[str, float]]:
-    """:func:`binary_metrics` of every label in two integer label maps, in one pass.
+) -> dict[int | tuple[int, ...], dict[str, float]]:
+    """:func:`binary_metrics` of every label or region in two integer label maps, in one pass.
 
-    The bounding box of every label comes from one ``scipy.ndimage.find_objects`` pass per
-    image, so no full-volume mask is ever built per label.
+    A label ``k`` is scored on the masks ``image == k``; a region, a tuple of label values
+    as in nnU-Net's ``labels_or_regions``, on the masks ``np.isin(image, region)``. The
+    bounding box of every label comes from one ``scipy.ndimage.find_objects`` pass per
+    image, a region's box is the union of its labels' boxes, so no full-volume mask is
+    ever built per label or region.
 
     Args:
         pred: predicted labels, non-negative integers.
         gt: ground-truth labels, same shape.
-        labels: the label values to score (> 0); absent ones follow the convention.
+        labels: the label values (> 0) and regions (tuples of label values > 0) to score;
+            absent ones follow the convention.
         spacing: voxel size per array axis in mm, or None to measure in voxels.
         convention: empty-mask convention.
         pred_boxes: ``find_objects(pred)`` if already computed (entry ``k - 1`` is the
@@ -186,10 +193,12 @@ def label_metrics(
         gt_boxes: the same for ``gt``.
 
     Returns:
-        ``{label: metrics}`` with the keys of :data:`METRIC_COLUMNS`.
+        ``{label or region: metrics}`` with the keys of :data:`METRIC_COLUMNS`; a label's
+        key is an ``int``, a region's the tuple of its values as given.
 
     Raises:
-        ValueError: if the arrays are not integer, negative, or of different shapes.
+        ValueError: if the arrays are not integer, negative, or of different shapes, or a
+            label or region value is not > 0.
     """
     from scipy.ndimage import find_objects
 
@@ -199,26 +208,47 @@ def label_metrics(
     for name, array in (("prediction", pred), ("ground truth", gt)):
         if array.dtype.kind not in "biu":
             raise ValueError(f"{name} labels must be integers, got dtype {array.dtype}")
-    labels = [int(k) for k in labels]
-    if any(k <= 0 for k in labels):
-        raise ValueError(f"label values to score must be > 0, got {labels}")
+    entries = [_label_or_region(entry) for entry in labels]
     sampling = _sampling(spacing, pred.ndim)
     voxel_volume = float(np.prod(sampling)) if sampling is not None else 1.0
     diagonal = grid_diagonal(pred.shape, sampling)
-    top = max(labels, default=0)
+    top = max((max(_values_of(entry)) for entry in entries), default=0)
     if pred_boxes is None:
         pred_boxes = find_objects(_as_find_objects_input(pred), max_label=top) if top else []
     if gt_boxes is None:
         gt_boxes = find_objects(_as_find_objects_input(gt), max_label=top) if top else []
     results = {}
-    for k in labels:
-        box = union_box([_box_of(pred_boxes, k), _box_of(gt_boxes, k)], pred.shape)
+    for entry in entries:
+        values = _values_of(entry)
+        box = union_box([_box_of(boxes, k) for boxes in (pred_boxes, gt_boxes) for k in values], pred.shape)
         if box is None:
             pred_crop = gt_crop = np.zeros((0,) * pred.ndim, dtype=bool)
         else:
-            pred_crop, gt_crop = pred[box] == k, gt[box] == k
-        results[k] = _metrics_of_crop(pred_crop, gt_crop, sampling, convention, voxel_volume, diagonal)
+            pred_crop, gt_crop = _mask_of(pred[box], values), _mask_of(gt[box], values)
+        results[entry] = _metrics_of_crop(pred_crop, gt_crop, sampling, convention, voxel_volume, diagonal)
     return results
+
+
+def _label_or_region(entry) -> int | tuple[int, ...]:
+    """``entry`` as an ``int`` label or a tuple-of-ints region, checked to be > 0."""
+    if np.ndim(entry) == 0:
+        label = int(entry)
+        if label <= 0:
+            raise ValueError(f"label values to score must be > 0, got {label}")
+        return label
+    region = tuple(int(k) for k in entry)
+    if not region or any(k <= 0 for k in region):
+        raise ValueError(f"a region to score needs label values > 0, got {region}")
+    return region
+
+
+def _values_of(entry: int | tuple[int, ...]) -> tuple[int, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def _mask_of(labels: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    # A plain comparison for one value: single labels cost what they did before regions.
+    return labels == values[0] if len(values) == 1 else np.isin(labels, values)
 
 
 def _metrics_of_crop(pred, gt, sampling, convention, voxel_volume, diagonal) -> dict[str, float]:

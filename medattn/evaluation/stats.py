@@ -45,7 +45,12 @@ def describe(values: Sequence[float]) -> dict[str, float | int]:
     }
 
 
-def per_class_summary(metrics, labels: Sequence[int], names: dict[int, str], columns=SUMMARY_METRICS):
+def _label_value(label):
+    """A label value as plain Python for JSON: an int, or a region's key such as ``"1+2+3"``."""
+    return int(label) if isinstance(label, (int, np.integer)) else str(label)
+
+
+def per_class_summary(metrics, labels: Sequence[int | str], names: dict[int | str, str], columns=SUMMARY_METRICS):
     """One row per label: ``label, name`` then ``<metric>_mean/_std/_n/_excluded``.
 
     Args:
@@ -62,7 +67,7 @@ def per_class_summary(metrics, labels: Sequence[int], names: dict[int, str], col
     rows = []
     for label in labels:
         subset = metrics[metrics["label"] == label]
-        row = {"label": int(label), "name": names[label]}
+        row = {"label": _label_value(label), "name": names[label]}
         for column in columns:
             stats = describe(subset[column].to_numpy())
             row.update({f"{column}_{key}": value for key, value in stats.items()})
@@ -101,7 +106,7 @@ def wilcoxon_p_value(differences: Sequence[float]) -> float:
 
 
 def paired_comparison(
-    a, b, labels: Sequence[int], names: dict[int, str], metrics: Sequence[str] = tuple(HIGHER_IS_BETTER)
+    a, b, labels: Sequence[int | str], names: dict[int | str, str], metrics: Sequence[str] = tuple(HIGHER_IS_BETTER)
 ):
     """Compare two long metric tables case by case.
 
@@ -136,7 +141,7 @@ def paired_comparison(
         for label in labels:
             subset = merged[merged["label"] == label]
             rows.append(
-                {"label": int(label), "name": names[label], "metric": metric,
+                {"label": _label_value(label), "name": names[label], "metric": metric,
                  **_paired_stats(subset[f"{metric}_a"], subset[f"{metric}_b"], HIGHER_IS_BETTER[metric])}
             )
         # Per-case mean over classes, as in the "mDice" column of the papers' tables.

@@ -59,7 +59,7 @@ def test_mapping_and_label_map_pass_through():
     "data, message",
     [
         ({"labels": {"background": 0, "a": 1, "b": 1}}, "value 1 is given twice"),
-        ({"labels": {"background": 0, "tumor": [1, 2]}}, "region-based"),
+        ({"labels": {"background": 0, "tumor": []}}, "'tumor' lists no values"),
         ({"labels": BTCV, "evaluate_labels": ["kidney"]}, "'kidney' is not a label name"),
         ({"labels": BTCV, "evaluate_labels": ["background"]}, "never scored"),
         ({"labels": BTCV, "evaluate_labels": [42]}, "42 is not in"),
