@@ -21,6 +21,7 @@ bit-identical (``==``) between the two.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 DESCRIPTION = __doc__.split("\n", 1)[1].strip().replace("``", "")
 DESCRIPTION = "medattn evaluate vs calling medpy directly, on CT-sized synthetic label pairs\n\n" + DESCRIPTION
@@ -56,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    """Run the benchmark in ``--workdir`` or a temporary folder removed afterwards.
+
+    Returns:
+        0 when every compared value is bit-identical, 1 otherwise (the differences listed).
+    """
     import tempfile
     from pathlib import Path
 
@@ -66,45 +72,93 @@ def run(args) -> int:
 
 
 def _run(args, workdir) -> int:
+    """Write the synthetic cases under ``workdir``, time both sides, compare, print the report."""
+    shape, spacing_zyx = tuple(args.shape), tuple(args.spacing)
+    gt_dir, pred_dir = write_cases(workdir, args.cases, shape, spacing_zyx, args.seed)
+    measured = measure(pred_dir, gt_dir, args.jobs, args.medpy_assd)
+    mismatches = find_mismatches(measured.reference, measured.medattn, measured.compared)
+    print(_report(args, shape, spacing_zyx, measured, len(mismatches)))
+    if mismatches:
+        print("NOT bit-identical:\n  " + "\n  ".join(mismatches))
+        return 1
+    return 0
+
+
+@dataclass
+class Measurement:
+    """What one benchmark run measured.
+
+    Attributes:
+        reference: medpy's values, ``{(case, label): {metric: value}}``.
+        medpy_seconds: ``(wall, CPU)`` seconds of the medpy loop.
+        medattn: ``{jobs: evaluate_folders' metrics table}`` (one row per case and label).
+        timings: ``{jobs: (wall, CPU) seconds}`` of each medattn run.
+        compared: the metrics compared with ``==`` (``dice``, ``hd95`` and maybe ``assd``).
+    """
+
+    reference: dict
+    medpy_seconds: tuple[float, float]
+    medattn: dict
+    timings: dict
+    compared: list[str]
+
+
+def write_cases(workdir, cases: int, shape, spacing_zyx, seed: int):
+    """Write ``cases`` synthetic pairs as ``gt/case_NN.nii.gz`` and ``pred/case_NN.nii.gz``.
+
+    Returns:
+        ``(gt_dir, pred_dir)``.
+    """
     import numpy as np
     from tqdm.auto import tqdm
 
     from medattn.data.io import Geometry, write_image
-    from medattn.evaluation.api import evaluate_folders
 
-    shape, spacing_zyx = tuple(args.shape), tuple(args.spacing)
     geometry = Geometry(shape=shape, spacing=tuple(reversed(spacing_zyx)), origin=(0.0, 0.0, 0.0),
                         direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     gt_dir, pred_dir = workdir / "gt", workdir / "pred"
-    for i in tqdm(range(args.cases), desc="writing synthetic cases", unit="case"):
+    for i in tqdm(range(cases), desc="writing synthetic cases", unit="case"):
         truth, prediction = phantom_pair(shape, spacing_zyx, rng)
         write_image(truth, geometry, gt_dir / f"case_{i:02d}.nii.gz")
         write_image(prediction, geometry, pred_dir / f"case_{i:02d}.nii.gz")
-        del truth, prediction
+        del truth, prediction  # CT-sized volumes: keep one pair in memory at a time
+    return gt_dir, pred_dir
 
-    reference, medpy_seconds = _timed(lambda: medpy_direct(pred_dir, gt_dir, args.medpy_assd))
-    timings = {}
-    results = {}
-    for jobs in (1, args.jobs):
-        result, timings[jobs] = _timed(lambda: evaluate_folders(pred_dir, gt_dir, jobs=jobs, progress=True))
-        results[jobs] = result.metrics
 
-    compared = ["dice", "hd95"] + (["assd"] if args.medpy_assd else [])
+def measure(pred_dir, gt_dir, jobs: int, medpy_assd: bool) -> Measurement:
+    """Time the medpy loop, then ``evaluate_folders`` with one worker and with ``jobs``."""
+    from medattn.evaluation.api import evaluate_folders
+
+    reference, medpy_seconds = _timed(lambda: medpy_direct(pred_dir, gt_dir, medpy_assd))
+    tables, timings = {}, {}
+    # One worker is the like-for-like comparison with the single-process medpy loop;
+    # ``jobs`` workers show what parallelism adds (with ``--jobs 1`` the second run
+    # replaces the first).
+    for n in (1, jobs):
+        result, timings[n] = _timed(lambda: evaluate_folders(pred_dir, gt_dir, jobs=n, progress=True))
+        tables[n] = result.metrics
+    compared = ["dice", "hd95"] + (["assd"] if medpy_assd else [])
+    return Measurement(reference, medpy_seconds, tables, timings, compared)
+
+
+def find_mismatches(reference: dict, tables: dict, compared) -> list[str]:
+    """Every value of every medattn table that is not ``==`` medpy's, one line each.
+
+    Args:
+        reference: medpy's ``{(case, label): {metric: value}}``.
+        tables: ``{jobs: metrics table}`` of the medattn runs.
+        compared: the metric columns to compare.
+    """
     mismatches = []
-    for jobs, table in results.items():
+    for jobs, table in tables.items():
         indexed = table.set_index(["case", "label"])
         for key, values in reference.items():
             for metric in compared:
                 if indexed.loc[key, metric] != values[metric]:
                     mismatches.append(f"-j {jobs} {key} {metric}: medattn {indexed.loc[key, metric]!r} "
                                       f"vs medpy {values[metric]!r}")
-    print(_report(args, shape, spacing_zyx, results[1], medpy_seconds, timings, compared, len(reference),
-                  len(mismatches)))
-    if mismatches:
-        print("NOT bit-identical:\n  " + "\n  ".join(mismatches))
-        return 1
-    return 0
+    return mismatches
 
 
 def _timed(function):
@@ -197,43 +251,75 @@ def _paint(volume, label, centre, axes, spacing, bumps) -> None:
     region[field < 1.0] = label
 
 
-def _report(args, shape, spacing_zyx, table, medpy_seconds, timings, compared, n_pairs, n_mismatches) -> str:
-    import os
-    import platform
-
-    import medpy
-    import numpy as np
-    import scipy
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    medpy_version = getattr(medpy, "__version__", None)
-    if medpy_version is None:
-        from importlib.metadata import version
-
-        medpy_version = version("medpy")
-    medpy_what = "dc + hd95" + (" + assd" if args.medpy_assd else "")
+def _report(args, shape, spacing_zyx, measured: Measurement, n_mismatches: int) -> str:
+    """Machine and data lines, the markdown table and the verdict (docs/benchmarks.md's format)."""
+    table = measured.medattn[1]
     lines = [
-        f"machine: {cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
-        f"numpy {np.__version__}, scipy {scipy.__version__}, medpy {medpy_version}",
+        _machine_line(),
         f"data: {args.cases} case(s) of {shape[2]} x {shape[1]} x {shape[0]} voxels (x y z) at "
         f"{spacing_zyx[2]} x {spacing_zyx[1]} x {spacing_zyx[0]} mm, {table['label'].nunique()} labels "
         f"(mean Dice {table['dice'].mean():.3f}, mean HD95 {table['hd95'].mean():.1f} mm)",
         "",
+        *_table_lines(args, measured),
+        "",
+        _verdict_line(len(measured.reference), measured.compared, n_mismatches),
+    ]
+    return "\n".join(lines)
+
+
+def _machine_line() -> str:
+    """CPU model, logical CPUs and the versions that decide the speed of both sides."""
+    import os
+    import platform
+
+    import numpy as np
+    import scipy
+
+    return (f"machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, "
+            f"numpy {np.__version__}, scipy {scipy.__version__}, medpy {_medpy_version()}")
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _medpy_version() -> str:
+    # Some medpy releases have no ``__version__``; the installed distribution's does.
+    import medpy
+
+    version = getattr(medpy, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as distribution_version
+
+        version = distribution_version("medpy")
+    return version
+
+
+def _table_lines(args, measured: Measurement) -> list[str]:
+    """The markdown table: the medpy row, then one row per medattn run, speed-ups against medpy."""
+    medpy_wall, medpy_cpu = measured.medpy_seconds
+    medpy_what = "dc + hd95" + (" + assd" if args.medpy_assd else "")
+    lines = [
         "| method | processes | wall s | wall s / case | CPU s | speed-up (wall) | speed-up (CPU) |",
         "|---|---|---|---|---|---|---|",
-        f"| medpy direct (read, {medpy_what} per label) | 1 | {medpy_seconds[0]:.1f} | "
-        f"{medpy_seconds[0] / args.cases:.1f} | {medpy_seconds[1]:.1f} | 1.0x | 1.0x |",
+        f"| medpy direct (read, {medpy_what} per label) | 1 | {medpy_wall:.1f} | "
+        f"{medpy_wall / args.cases:.1f} | {medpy_cpu:.1f} | 1.0x | 1.0x |",
     ]
-    for jobs, (wall, cpu) in timings.items():
+    for jobs, (wall, cpu) in measured.timings.items():
         lines.append(f"| medattn evaluate_folders (Dice, HD95, ASSD, volumes) | {jobs} | {wall:.1f} | "
-                     f"{wall / args.cases:.1f} | {cpu:.1f} | {medpy_seconds[0] / wall:.1f}x | "
-                     f"{medpy_seconds[1] / cpu:.1f}x |")
+                     f"{wall / args.cases:.1f} | {cpu:.1f} | {medpy_wall / wall:.1f}x | "
+                     f"{medpy_cpu / cpu:.1f}x |")
+    return lines
+
+
+def _verdict_line(n_pairs: int, compared, n_mismatches: int) -> str:
     verdict = "all bit-identical" if n_mismatches == 0 else f"{n_mismatches} DIFFER"
-    lines += ["", f"values: {n_pairs} (case, label) pairs x {', '.join(compared)}, every medattn run compared "
-              f"with medpy using == : {verdict}"]
-    return "\n".join(lines)
+    return (f"values: {n_pairs} (case, label) pairs x {', '.join(compared)}, every medattn run compared "
+            f"with medpy using == : {verdict}")

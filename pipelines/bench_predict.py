@@ -18,9 +18,20 @@ phantom volumes of ``--shape`` voxels, unless ``--input`` is given.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 DESCRIPTION = "medattn predict vs nnUNetv2_predict: wall time on the same model and inputs\n\n" + \
     __doc__.split("\n", 2)[2].strip().replace("``", "")
+
+#: Table names of the two commands, in the order they run and are listed.
+NNUNET, MEDATTN = "nnUNetv2_predict", "medattn predict"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,60 +50,128 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import os
-    import shutil
-    import statistics
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
+    """Time both commands, check that their label maps agree, print the table.
 
-    import numpy as np
-    import torch
+    Returns:
+        0 on success; 1 when a command fails (its output goes to stderr) or the two
+        commands wrote different label maps.
+    """
+    from medattn.nnunet.commands import nnunet_environment
 
-    from medattn.nnunet.commands import nnunet_environment, nnunet_executable
-
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    work = Path(args.workdir or Path(tempfile.gettempdir()) / "medattn_bench_predict").resolve()
+    device = _resolve_device(args.device)
+    work = _work_folder(args.workdir)
     env = nnunet_environment(work / "raw", work / "preprocessed", work / "results")
     model = Path(args.model) if args.model else _build_model(work, env)
     inputs = Path(args.input) if args.input else _make_inputs(work / "inputs", args.cases, tuple(args.shape))
     n_cases = len(list(inputs.glob("*_0000.nii.gz")))
-    tta = {"nnUNetv2_predict": ["--disable_tta"], "medattn predict": ["--no-tta"]} if args.no_tta else {}
-    commands = {
-        "nnUNetv2_predict": [nnunet_executable("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", "{out}",
-                             "-m", str(model), "-f", *args.folds, "-device", device, "--disable_progress_bar"],
-        "medattn predict": [str(Path(sys.executable).with_name("medattn")), "predict", "--model", str(model),
-                            "--input", str(inputs), "--output", "{out}", "--folds", *args.folds, "--device", device,
-                            "--no-progress"],
-    }
-    commands = {name: command + tta.get(name, []) for name, command in commands.items()}
-    times: dict[str, list[float]] = {name: [] for name in commands}
-    for repeat in range(args.repeats):
-        for name, command in commands.items():
-            out = work / "outputs" / name.split()[0]
-            shutil.rmtree(out, ignore_errors=True)
-            started = time.perf_counter()
-            result = subprocess.run([c.replace("{out}", str(out)) for c in command], env=env,
-                                    stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            times[name].append(time.perf_counter() - started)
-            if result.returncode != 0:
-                print(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
-                return 1
-            print(f"repeat {repeat + 1}/{args.repeats}: {name}: {times[name][-1]:.1f} s", flush=True)
-    if not _same_outputs(work / "outputs" / "nnUNetv2_predict", work / "outputs" / "medattn", np):
+    commands = _commands(model, inputs, args.folds, device, args.no_tta)
+    times = _time_commands(commands, work, env, args.repeats)
+    if times is None:
+        return 1
+    if not _same_outputs(_output_folder(work, NNUNET), _output_folder(work, MEDATTN)):
         print("the two commands wrote different label maps", file=sys.stderr)
         return 1
-    nnunet, medattn = (statistics.median(times[name]) for name in commands)
-    cpu = f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if device == "cuda" else "")
-    print(f"\n{n_cases} cases of {_shape_of(inputs)} voxels, model {model.name} folds {' '.join(args.folds)}, "
-          f"device {device} ({cpu}), TTA {'off' if args.no_tta else 'on'}, median of {args.repeats}\n")
-    print("| command | wall time (s) | s / case |\n|---|---|---|")
-    for name, seconds in (("nnUNetv2_predict", nnunet), ("medattn predict", medattn)):
-        print(f"| `{name}` | {seconds:.1f} | {seconds / n_cases:.2f} |")
-    print(f"\nthroughput ratio medattn / nnU-Net: {nnunet / medattn:.2f} (identical label maps)")
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    print(f"\n{_setup_line(args, n_cases, inputs, model, device)}\n")
+    print(_table(medians, n_cases))
     return 0
+
+
+def _resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``; other values pass."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _work_folder(workdir: str | None) -> Path:
+    # A fixed default (not a fresh temporary folder) so that a second run reuses the
+    # model and inputs the first one built.
+    return Path(workdir or Path(tempfile.gettempdir()) / "medattn_bench_predict").resolve()
+
+
+def _output_folder(work: Path, name: str) -> Path:
+    """Where command ``name`` writes: ``outputs/nnUNetv2_predict`` or ``outputs/medattn``."""
+    return work / "outputs" / name.split()[0]
+
+
+def _commands(model: Path, inputs: Path, folds, device: str, no_tta: bool) -> dict[str, list[str]]:
+    """Command lines of both benchmarked commands, ``{out}`` standing for the output folder.
+
+    Both get the same model, folds, inputs and device, no progress bar, and with
+    ``no_tta`` each its own flag to switch mirroring off.
+    """
+    from medattn.nnunet.commands import nnunet_executable
+
+    # The medattn script beside this interpreter: the one of this environment, even
+    # when it is not on PATH.
+    medattn = str(Path(sys.executable).with_name("medattn"))
+    commands = {
+        NNUNET: [nnunet_executable("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", "{out}",
+                 "-m", str(model), "-f", *folds, "-device", device, "--disable_progress_bar"],
+        MEDATTN: [medattn, "predict", "--model", str(model), "--input", str(inputs), "--output", "{out}",
+                  "--folds", *folds, "--device", device, "--no-progress"],
+    }
+    if no_tta:
+        commands[NNUNET].append("--disable_tta")
+        commands[MEDATTN].append("--no-tta")
+    return commands
+
+
+def _time_commands(commands: dict[str, list[str]], work: Path, env: dict[str, str],
+                   repeats: int) -> dict[str, list[float]] | None:
+    """Run every command ``repeats`` times, alternating, each into a freshly emptied folder.
+
+    Alternating (rather than all runs of one command, then the other) spreads changes in
+    the machine's load over both.
+
+    Returns:
+        ``{name: wall seconds of each run}``, or None after a command failed (its name and
+        the end of its output printed to stderr).
+    """
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for repeat in range(repeats):
+        for name, command in commands.items():
+            out = _output_folder(work, name)
+            shutil.rmtree(out, ignore_errors=True)
+            seconds, result = _timed_process([part.replace("{out}", str(out)) for part in command], env)
+            times[name].append(seconds)
+            if result.returncode != 0:
+                print(f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}", file=sys.stderr)
+                return None
+            print(f"repeat {repeat + 1}/{repeats}: {name}: {seconds:.1f} s", flush=True)
+    return times
+
+
+def _timed_process(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds from process start to exit, and the finished process (output captured)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return time.perf_counter() - started, result
+
+
+def _setup_line(args, n_cases: int, inputs: Path, model: Path, device: str) -> str:
+    """What was measured: inputs, model, device (with CPU count and GPU name), TTA, repeats."""
+    cpu = f"{os.cpu_count()} CPUs"
+    if device == "cuda":
+        import torch
+
+        cpu += f", {torch.cuda.get_device_name()}"
+    return (f"{n_cases} cases of {_shape_of(inputs)} voxels, model {model.name} folds {' '.join(args.folds)}, "
+            f"device {device} ({cpu}), TTA {'off' if args.no_tta else 'on'}, median of {args.repeats}")
+
+
+def _table(medians: dict[str, float], n_cases: int) -> str:
+    """The markdown table of median wall times and the throughput ratio line (the format
+    docs/benchmarks.md quotes)."""
+    lines = ["| command | wall time (s) | s / case |", "|---|---|---|"]
+    lines += [f"| `{name}` | {medians[name]:.1f} | {medians[name] / n_cases:.2f} |" for name in (NNUNET, MEDATTN)]
+    # Times of the same work, so nnU-Net's time over medattn's is medattn's relative throughput.
+    ratio = medians[NNUNET] / medians[MEDATTN]
+    lines += ["", f"throughput ratio medattn / nnU-Net: {ratio:.2f} (identical label maps)"]
+    return "\n".join(lines)
 
 
 def _build_model(work, env):
@@ -132,7 +211,9 @@ def _shape_of(folder) -> str:
     return " x ".join(map(str, reversed(sitk.ReadImage(str(first)).GetSize())))
 
 
-def _same_outputs(a, b, np) -> bool:
+def _same_outputs(a: Path, b: Path) -> bool:
+    """True when both folders hold the same non-empty set of ``.nii.gz`` files with equal voxels."""
+    import numpy as np
     import SimpleITK as sitk
 
     names = sorted(p.name for p in a.glob("*.nii.gz"))
