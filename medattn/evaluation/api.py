@@ -8,6 +8,12 @@ With a region-based label map (nnU-Net's region-based training, see
 :mod:`medattn.evaluation.labels`), every region is scored like a label on the masks of
 its values, and the ``label`` column holds its values joined by ``+`` (``"1+2+3"``).
 
+With an ignore label in the map (nnU-Net's sparse annotation, the entry named
+``"ignore"``), the ground-truth voxels holding it are left out of both masks of every
+label and region (see :func:`medattn.evaluation.metrics.label_metrics`). The ground truth
+may hold the value; a prediction that holds it fails, naming the file and the value, as
+nnU-Net never predicts it.
+
 Before any metric is computed, all pairs are checked: missing predictions, and shape,
 spacing, origin and direction of every pair (from the file headers). Then the cases are
 evaluated, in parallel with ``jobs > 1``. Every problem found is collected, and the run
@@ -131,6 +137,7 @@ class _CaseTask:
     valid_values: frozenset[int] | None  # None: no label map, checked after all cases
     voxel_units: bool
     convention: str
+    ignore_label: int | None = None  # valid in the ground truth, an error in a prediction
 
 
 @dataclass
@@ -162,6 +169,8 @@ def evaluate_folders(
         labels: label map (``dataset.json``-style path, inline ``"1=aorta,2=liver"``, a
             ``{value: name}`` mapping or a :class:`LabelMap`), or a region-based one
             (``dataset.json`` with regions, inline ``"whole_tumor=1+2+3,tumor_core=2+3"``).
+            An entry named ``"ignore"`` is nnU-Net's ignore label: the ground-truth voxels
+            holding it are left out of every metric.
             None: the union of the non-zero values of the ground truth, named ``label_<k>``.
         convention: empty-mask convention, "transunet", "nnunet" or "strict"
             (see :mod:`medattn.evaluation.conventions`).
@@ -182,7 +191,8 @@ def evaluate_folders(
         LabelMapError: for a malformed label map.
         MissingPredictionsError: listing the cases without a prediction.
         EvaluationError: listing every case that failed (unreadable file, geometry
-            mismatch naming the field and both values, label values outside the map).
+            mismatch naming the field and both values, label values outside the map, a
+            prediction holding the ignore label).
     """
     check_convention(convention)
     if spacing not in SPACING_MODES:
@@ -246,6 +256,7 @@ def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as
             valid_values=label_map.valid_values if label_map else None,
             voxel_units=spacing == "voxel",
             convention=convention,
+            ignore_label=label_map.ignore_label if label_map else None,
         )
         for case, gt_path in sorted(gt_cases.items())
     ]
@@ -440,10 +451,14 @@ def _evaluate_case(task: _CaseTask) -> _CaseResult:
             )
             boxes, values = _boxes_and_values(pred, find_objects)
             _check_values(values, task.valid_values, pred_path)
+            _check_no_ignore_label(values, task.ignore_label, pred_path)
         scored = task.scored if task.scored is not None else sorted(gt_values | values)
         pred_values.append(values)
         metrics.append(
-            label_metrics(pred, gt, scored, sampling, task.convention, pred_boxes=boxes, gt_boxes=gt_boxes)
+            label_metrics(
+                pred, gt, scored, sampling, task.convention, pred_boxes=boxes, gt_boxes=gt_boxes,
+                ignore_label=task.ignore_label,
+            )
         )
     return _CaseResult(task.case, gt_values, pred_values, metrics, grid_diagonal(gt.shape, sampling))
 
@@ -464,6 +479,16 @@ def _check_values(values: set[int], valid: frozenset[int] | None, path: Path) ->
     if unknown:
         raise LabelValueError(
             f"{path}: label values {unknown} are not in the label map (valid: {sorted(valid)})"
+        )
+
+
+def _check_no_ignore_label(values: set[int], ignore_label: int | None, path: Path) -> None:
+    """A prediction holding the ignore label is not an nnU-Net prediction (nnU-Net never
+    predicts it); scoring it as background would hide the mistake."""
+    if ignore_label is not None and ignore_label in values:
+        raise LabelValueError(
+            f"{path}: holds the ignore label {ignore_label}, which marks unannotated ground-truth "
+            "voxels; a prediction cannot hold it"
         )
 
 
@@ -519,6 +544,7 @@ def _summary(pred_folders, gt_dir, label_map, scored, convention, spacing, units
         "units": units,
         "label_map": label_map.source if label_map else "ground-truth values",
         "labels": {str(entry.column_value): entry.name for entry in scored},
+        "ignore_label": label_map.ignore_label if label_map else None,
         "n_cases": len(cases),
         "cases": cases,
         "per_class": class_block(per_class[0]),

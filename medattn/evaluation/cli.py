@@ -26,6 +26,9 @@ examples:
   medattn evaluate --pred pred --gt gt --out eval \\
       --labels "whole_tumor=1+2+3,tumor_core=2+3,enhancing=3"
 
+  # Sparse annotation: nnU-Net's ignore label marks unannotated ground truth
+  medattn evaluate --pred pred --gt gt --out eval --labels "1=liver,2=ignore"
+
 outputs in --out: metrics.csv (one row per case and label or region; the label
 column of a region holds its values, e.g. 1+2+3), summary.json, report.md and
 report.html (self-contained, box plots embedded); with --compare also
@@ -64,7 +67,9 @@ def register(subparsers) -> None:
         help='label map: a dataset.json-style file ({"labels": {"aorta": 1, ...}}, optional '
         '"evaluate_labels" subset) or inline "1=aorta,2=gallbladder"; nnU-Net regions: '
         '{"labels": {"whole_tumor": [1, 2, 3], ...}, "regions_class_order": [...]} or inline '
-        '"whole_tumor=1+2+3,tumor_core=2+3,enhancing=3". Default: the non-zero '
+        '"whole_tumor=1+2+3,tumor_core=2+3,enhancing=3". An entry named "ignore" '
+        '(e.g. "1=liver,2=ignore") is nnU-Net\'s ignore label: the highest value, never scored, '
+        "and ground-truth voxels holding it are left out of every metric. Default: the non-zero "
         "values found in the ground truth, named label_<k>",
     )
     parser.add_argument(

@@ -28,6 +28,23 @@ nnU-Net writes would not count as that region.
 Background (0) is always a valid value and never scored. Every other value in an image
 must appear in the map, as a label or in a region; :mod:`medattn.evaluation.api` reports
 the ones that do not.
+
+nnU-Net v2's ignore label (sparse annotation) is the entry named exactly ``"ignore"``, in
+every spelling: ``{"labels": {"background": 0, "liver": 1, "ignore": 2}}``, the MSD and
+``{value: name}`` spellings ``{"2": "ignore"}``, inline ``"1=liver,2=ignore"`` or
+``"liver=1,ignore=2"``. It marks the ground-truth voxels that nobody annotated:
+
+* it is one value (a list of several is an error, as nnU-Net allows no ignore region), and
+  it must be higher than every label and region value (nnU-Net asserts it). nnU-Net
+  demands exactly the highest value + 1 because its labels are consecutive; medattn maps
+  may skip values, so only "highest" is checked;
+* it is never scored: ``"evaluate_labels"`` may not name it, and it is in no region;
+* it is a valid value of a ground-truth image, and an error in a prediction, since
+  nnU-Net never predicts it (:attr:`LabelMap.prediction_values` leaves it out);
+* the voxels where the ground truth holds it are left out of every metric, see
+  :mod:`medattn.evaluation.metrics`.
+
+The name ``"ignore"`` is therefore never the name of a scored label or region.
 """
 
 from __future__ import annotations
@@ -93,6 +110,9 @@ class Region:
 #: A scored entry of a label map: a label value or a :class:`Region`.
 ScoredEntry = int | Region
 
+#: The entry name that makes a value nnU-Net's ignore label (``LabelManager.ignore_label``).
+IGNORE_NAME = "ignore"
+
 
 @dataclass(frozen=True)
 class LabelMap:
@@ -105,12 +125,19 @@ class LabelMap:
             ``names``) or regions (in the order of the map; a subset of ``regions``).
         source: where the map came from (a file path or "inline"), for messages.
         regions: every region of a region-based map, in the order given; empty otherwise.
+        ignore_label: nnU-Net's ignore label (unannotated ground-truth voxels, left out of
+            every metric), or None. Never scored; valid in the ground truth only.
+
+    Raises:
+        LabelMapError: for a malformed entry, a scored entry not in the map, or an ignore
+            label that is not an integer > 0 above every label and region value.
     """
 
     names: dict[int, str]
     scored: tuple[ScoredEntry, ...]
     source: str = "inline"
     regions: tuple[Region, ...] = ()
+    ignore_label: int | None = None
 
     def __post_init__(self):
         for value, name in self.names.items():
@@ -120,6 +147,7 @@ class LabelMap:
                 raise LabelMapError(f"{self.source}: label {value} needs a non-empty name, got {name!r}")
         self._check_regions()
         self._check_scored()
+        self._check_ignore_label()
 
     def _check_regions(self) -> None:
         seen_names = {name: str(value) for value, name in self.names.items()}
@@ -150,6 +178,34 @@ class LabelMap:
         if not self.scored:
             raise LabelMapError(f"{self.source}: no label to score")
 
+    def _check_ignore_label(self) -> None:
+        named = [name for name in self.names.values() if name == IGNORE_NAME]
+        named += [region.name for region in self.regions if region.name == IGNORE_NAME]
+        if named:
+            # parse_label_map always turns this name into the ignore label; a scored entry
+            # of that name would mean something else in nnU-Net.
+            raise LabelMapError(
+                f"{self.source}: the name {IGNORE_NAME!r} is reserved for nnU-Net's ignore label, "
+                "which is never scored; pass its value as ignore_label"
+            )
+        ignore = self.ignore_label
+        if ignore is None:
+            return
+        if not isinstance(ignore, int) or isinstance(ignore, bool) or ignore <= 0:
+            raise LabelMapError(f"{self.source}: the ignore label must be an integer > 0, got {ignore!r}")
+        highest = self._highest_scorable_value()
+        if highest is not None and highest[0] >= ignore:
+            raise LabelMapError(
+                f"{self.source}: ignore label {ignore} must be the highest label value, as nnU-Net "
+                f"requires, but {highest[1]} has value {highest[0]}"
+            )
+
+    def _highest_scorable_value(self) -> tuple[int, str] | None:
+        """The highest label or region value and what holds it, for messages; None if none."""
+        holders = [(value, f"label {name!r}") for value, name in self.names.items()]
+        holders += [(value, f"region {region.name!r}") for region in self.regions for value in region.values]
+        return max(holders, key=lambda holder: holder[0], default=None)
+
     @property
     def has_regions(self) -> bool:
         """Whether the map is region-based (nnU-Net's ``has_regions``)."""
@@ -157,7 +213,15 @@ class LabelMap:
 
     @property
     def valid_values(self) -> frozenset[int]:
-        """Every value an image may contain: background 0, the labels and the regions' values."""
+        """Every value a ground-truth image may contain: background 0, the labels, the
+        regions' values and the ignore label."""
+        ignore = {self.ignore_label} if self.ignore_label is not None else set()
+        return self.prediction_values | ignore
+
+    @property
+    def prediction_values(self) -> frozenset[int]:
+        """Every value a prediction may contain: :attr:`valid_values` without the ignore
+        label, which nnU-Net never predicts."""
         return frozenset(self.names) | {value for region in self.regions for value in region.values} | {0}
 
     def name_of(self, entry: ScoredEntry) -> str:
@@ -186,11 +250,15 @@ def parse_label_map(spec: "str | os.PathLike | Mapping | LabelMap") -> LabelMap:
             ``"1=aorta,2=gallbladder"`` or ``"whole_tumor=1+2+3,tumor_core=2+3"``.
 
     Returns:
-        The label map; without ``evaluate_labels`` every foreground label or region is scored.
+        The label map; without ``evaluate_labels`` every foreground label or region is
+        scored. An entry named ``"ignore"`` (``"2=ignore"``, ``{"ignore": 2}``,
+        ``{2: "ignore"}``) becomes :attr:`LabelMap.ignore_label`, never a scored label.
 
     Raises:
-        LabelMapError: if the file is missing or malformed, a value or name repeats, or a
-            region is malformed (no values, background, the same values as another region).
+        LabelMapError: if the file is missing or malformed, a value or name repeats, a
+            region is malformed (no values, background, the same values as another region),
+            or the ignore label is malformed (several values, not the highest value, given
+            twice, named by ``evaluate_labels``).
     """
     if isinstance(spec, LabelMap):
         return spec
@@ -289,11 +357,14 @@ def _build_label_map(entries: Sequence[_Entry], source: str, evaluate=_EVERYTHIN
     for name, values in entries:
         if not values:
             raise LabelMapError(f"{source}: {name!r} lists no values")
+    ignore, entries = _split_ignore(entries, source)
+    if evaluate is not _EVERYTHING:
+        _check_evaluate_labels_skip_ignore(evaluate, ignore, source)
     background_names, foreground = _split_background(entries, source)
     if any(len(values) > 1 for _, values in foreground):
         regions = tuple(_region(name, values, source) for name, values in foreground)
         scored = regions if evaluate is _EVERYTHING else _resolve_region_subset(evaluate, regions, source)
-        return LabelMap(names={}, scored=scored, source=source, regions=regions)
+        return LabelMap(names={}, scored=scored, source=source, regions=regions, ignore_label=ignore)
     names: dict[int, str] = {}
     for name, (value,) in foreground:
         if value in names:
@@ -303,7 +374,49 @@ def _build_label_map(entries: Sequence[_Entry], source: str, evaluate=_EVERYTHIN
     scored = tuple(sorted(names))
     if evaluate is not _EVERYTHING:
         scored = _resolve_subset(evaluate, names, background_names, source)
-    return LabelMap(names=names, scored=scored, source=source)
+    return LabelMap(names=names, scored=scored, source=source, ignore_label=ignore)
+
+
+def _split_ignore(entries: Iterable[_Entry], source: str) -> tuple[int | None, list[_Entry]]:
+    """The ignore label's value (None without one) and the other entries.
+
+    Split off before anything else, so that the ignore entry never makes a map
+    region-based, never becomes a label and is never taken for background.
+    """
+    ignore = None
+    rest = []
+    for name, values in entries:
+        if name != IGNORE_NAME:
+            rest.append((name, values))
+            continue
+        if ignore is not None:
+            raise LabelMapError(f"{source}: the ignore label is given twice ({ignore} and {_key(values)})")
+        if len(values) != 1:
+            raise LabelMapError(
+                f"{source}: the ignore label must be one value, not a region, got {_key(values)}"
+            )
+        ignore = values[0]
+    return ignore, rest
+
+
+def _key(values: tuple[int, ...]) -> str:
+    return "+".join(str(value) for value in values)
+
+
+def _check_evaluate_labels_skip_ignore(entries, ignore: int | None, source: str) -> None:
+    """``evaluate_labels`` may not name the ignore label, by name or value: it is never scored."""
+    if ignore is None or not isinstance(entries, list):
+        return  # a malformed list is reported by the subset resolution
+    for entry in entries:
+        named = entry == IGNORE_NAME
+        valued = not isinstance(entry, bool) and (
+            entry == ignore or (isinstance(entry, str) and _looks_like_integer(entry) and int(entry) == ignore)
+        )
+        if named or valued:
+            raise LabelMapError(
+                f"{source}: \"evaluate_labels\" lists the ignore label ({entry!r}, value {ignore}); "
+                "it marks unannotated voxels and is never scored"
+            )
 
 
 def _split_background(entries: Iterable[_Entry], source: str) -> tuple[set[str], list[_Entry]]:

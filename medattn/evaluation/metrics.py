@@ -19,6 +19,17 @@ the bounding box of both masks plus a one-voxel margin. The result is bit-identi
   offset vector, and scipy's distance transform computes distances from offsets only;
 * boolean indexing keeps C order inside the box, so the distance arrays come out in the
   same order and their mean (pairwise summation) is the same float.
+
+nnU-Net's ignore label (sparse annotation, see :mod:`medattn.evaluation.labels`):
+:func:`label_metrics` with ``ignore_label`` removes the voxels where the ground truth holds
+that value from both masks of every label and region before any metric is computed, so
+Dice equals nnU-Net's ``compute_metrics(..., ignore_label=...)``, which leaves them out
+of TP, FP, FN and TN. The surface metrics are medpy's HD95 and ASSD on those reduced
+masks: the surface of a prediction that runs into unannotated voxels is where its
+annotated part ends, and nothing about the unannotated voxels is assumed. Volumes count
+the reduced masks too. Removing voxels only shrinks the masks, so the bounding box of
+the full masks still holds them with its margin and the crop stays bit-identical; the
+ignored voxels outside the box are outside both masks already.
 """
 
 from __future__ import annotations
@@ -172,6 +183,7 @@ def label_metrics(
     convention: str = "nnunet",
     pred_boxes: Sequence[tuple[slice, ...] | None] | None = None,
     gt_boxes: Sequence[tuple[slice, ...] | None] | None = None,
+    ignore_label: int | None = None,
 ) -> dict[int | tuple[int, ...], dict[str, float]]:
     """:func:`binary_metrics` of every label or region in two integer label maps, in one pass.
 
@@ -180,6 +192,12 @@ def label_metrics(
     bounding box of every label comes from one ``scipy.ndimage.find_objects`` pass per
     image, a region's box is the union of its labels' boxes, so no full-volume mask is
     ever built per label or region.
+
+    With ``ignore_label``, the voxels where ``gt == ignore_label`` are removed from both
+    masks first (nnU-Net's ignore label): Dice, HD95, ASSD and the volumes are those of
+    the masks ``(image == k) & (gt != ignore_label)``. Dice then equals nnU-Net's
+    ``compute_metrics`` with the same ``ignore_label``; HD95 and ASSD are medpy's on the
+    reduced masks.
 
     Args:
         pred: predicted labels, non-negative integers.
@@ -191,14 +209,18 @@ def label_metrics(
         pred_boxes: ``find_objects(pred)`` if already computed (entry ``k - 1`` is the
             box of label ``k``); computed here when None.
         gt_boxes: the same for ``gt``.
+        ignore_label: the value marking unannotated ground-truth voxels, or None. Its
+            voxels in ``pred`` are not checked here (the caller decides whether a
+            prediction may hold it).
 
     Returns:
         ``{label or region: metrics}`` with the keys of :data:`METRIC_COLUMNS`; a label's
         key is an ``int``, a region's the tuple of its values as given.
 
     Raises:
-        ValueError: if the arrays are not integer, negative, or of different shapes, or a
-            label or region value is not > 0.
+        ValueError: if the arrays are not integer, negative, or of different shapes, a
+            label or region value is not > 0, or the ignore label is not an integer > 0
+            or is one of the scored values.
     """
     from scipy.ndimage import find_objects
 
@@ -209,6 +231,7 @@ def label_metrics(
         if array.dtype.kind not in "biu":
             raise ValueError(f"{name} labels must be integers, got dtype {array.dtype}")
     entries = [_label_or_region(entry) for entry in labels]
+    _check_ignore_label(ignore_label, entries)
     sampling = _sampling(spacing, pred.ndim)
     voxel_volume = float(np.prod(sampling)) if sampling is not None else 1.0
     diagonal = grid_diagonal(pred.shape, sampling)
@@ -225,6 +248,11 @@ def label_metrics(
             pred_crop = gt_crop = np.zeros((0,) * pred.ndim, dtype=bool)
         else:
             pred_crop, gt_crop = _mask_of(pred[box], values), _mask_of(gt[box], values)
+            if ignore_label is not None:
+                # The ground-truth mask holds no ignored voxel (the ignore value is not
+                # scored); the prediction's are dropped. Both masks only shrink, so the
+                # box of the full masks still holds them (see the module docstring).
+                pred_crop &= gt[box] != ignore_label
         results[entry] = _metrics_of_crop(pred_crop, gt_crop, sampling, convention, voxel_volume, diagonal)
     return results
 
@@ -240,6 +268,16 @@ def _label_or_region(entry) -> int | tuple[int, ...]:
     if not region or any(k <= 0 for k in region):
         raise ValueError(f"a region to score needs label values > 0, got {region}")
     return region
+
+
+def _check_ignore_label(ignore_label, entries) -> None:
+    if ignore_label is None:
+        return
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, np.integer)) or ignore_label <= 0:
+        raise ValueError(f"the ignore label must be an integer > 0, got {ignore_label!r}")
+    scored = [entry for entry in entries if ignore_label in _values_of(entry)]
+    if scored:
+        raise ValueError(f"the ignore label {ignore_label} is never scored, but {scored[0]} holds it")
 
 
 def _values_of(entry: int | tuple[int, ...]) -> tuple[int, ...]:

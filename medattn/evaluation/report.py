@@ -125,6 +125,11 @@ def _settings(summary: dict) -> list[tuple[str, str]]:
         ("Ground truth", summary["gt_dir"]),
         ("Cases", str(summary["n_cases"])),
         ("Labels", f"{len(summary['labels'])} scored, from {summary['label_map']}"),
+    ]
+    if summary.get("ignore_label") is not None:
+        items.append(("Ignore label", f"{summary['ignore_label']}: ground-truth voxels holding it are "
+                                      "left out of every metric"))
+    items += [
         ("Convention", f"{summary['convention']}: {summary['convention_rule']}"),
         ("Units", f"distances in {summary['units']['distance']}, volumes in {summary['units']['volume']} "
                   f"(spacing: {summary['spacing']})"),
