@@ -18,7 +18,6 @@ import pytest
 
 from medattn.cli import main
 from medattn.pipelines import bench_predict as bench
-from tests.inference.shared import held_out_images, model_dir, smoke_demo
 
 #: Rows of the printed table: command, median wall seconds, seconds per case.
 ROW = re.compile(r"^\| `(nnUNetv2_predict|medattn predict)` \| (\d+\.\d) \| (\d+\.\d\d) \|$", re.MULTILINE)
@@ -26,30 +25,20 @@ RATIO = re.compile(r"^throughput ratio medattn / nnU-Net: (\d+\.\d\d) \(identica
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
-    """The folder of the shared smoke demo run (see tests/inference/shared.py)."""
-    result, _ = smoke_demo(tmp_path_factory)
-    return result.out
+def model(stock_model):
+    """nnUNetTrainerStock_demo of the shared smoke demo, trained for one epoch (fold 0)."""
+    return stock_model
 
 
 @pytest.fixture(scope="module")
-def model(demo_out):
-    """nnUNetTrainerStock_demo trained for one epoch (fold 0)."""
-    return model_dir(demo_out)
-
-
-@pytest.fixture(scope="module")
-def crops(demo_out, tmp_path_factory):
-    """Two held-out phantom images cropped to 20 x 36 x 36 voxels (one sliding window),
-    keeping their rotated and flipped frames."""
-    import SimpleITK as sitk
-
+def crops(small_images, tmp_path_factory):
+    """Two of the shared held-out crops (20 x 36 x 36 voxels, one sliding window, rotated and
+    flipped frames)."""
     from medattn.data.io import list_images
 
     folder = tmp_path_factory.mktemp("bench_predict_inputs")
-    for path in list_images(held_out_images(demo_out))[:2]:
-        image = sitk.ReadImage(str(path))
-        sitk.WriteImage(image[6:42, 6:42, 6:26], str(folder / path.name), True)
+    for path in list_images(small_images)[:2]:
+        shutil.copy(path, folder / path.name)
     return folder
 
 
