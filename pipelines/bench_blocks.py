@@ -753,19 +753,17 @@ def _stage_specs(settings: dict) -> list[StageSpec]:
 
 
 def _device(name: str):
+    """The device to measure on: CPU or CUDA only (the memory profile needs one of them)."""
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
-    return device
+    from medattn.devices import resolve_device
+
+    device = resolve_device(name)
+    if device.type in ("cpu", "cuda"):
+        return device
+    if name == "auto":  # Apple MPS: measure on the CPU rather than refuse
+        return torch.device("cpu")
+    raise ValueError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
 
 
 def _check_block_options(block_specs: list[BlockSpec]) -> None:

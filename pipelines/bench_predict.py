@@ -78,12 +78,10 @@ def run(args) -> int:
 
 
 def _resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``; other values pass."""
-    if device != "auto":
-        return device
-    import torch
+    """The ``-device`` value for nnUNetv2_predict, which knows only device types."""
+    from medattn.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device).type
 
 
 def _work_folder(workdir: str | None) -> Path:

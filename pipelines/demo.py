@@ -286,13 +286,12 @@ def run_demo(out: str | os.PathLike = "demo_output", *, schedule: str = "demo", 
 
 
 def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device != "auto":
-        return device
-    import torch
+    """The ``-device`` value for nnU-Net's commands, which know only device types."""
+    from medattn.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("auto", "cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {device!r}")
+    return resolve_device(device).type
 
 
 def _stamp(step: Step, out: Path) -> Path:

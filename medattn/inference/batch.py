@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from medattn.devices import resolve_device
 from medattn.inference.naming import Case, collect_inputs, group_cases
 
 __all__ = ["CaseFailure", "ModelSource", "PredictionReport", "detect_model", "load_backend", "predict",
@@ -88,28 +89,6 @@ def detect_model(model: str | os.PathLike, checkpoint: str | None = None) -> Mod
         "nnUNetTrainerDSM__nnUNetPlans__3d_fullres) or a MONAI checkpoint from `medattn train monai` "
         "(checkpoint_best.pt, or its output folder)"
     )
-
-
-def resolve_device(device: str):
-    """``"auto"``: CUDA if available, else Apple MPS, else CPU; otherwise ``torch.device(device)``.
-
-    Raises:
-        ValueError: for an unknown device, or CUDA asked for where there is none.
-    """
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps") if mps is not None and mps.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"--device {device!r}: unknown device (use auto, cpu, cuda, cuda:1, mps)") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
-    return resolved
 
 
 #: Sliding-window step as a fraction of the patch size: nnU-Net's default (0.5 overlap).

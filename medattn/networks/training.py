@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from medattn.data.io import atomic_write, write_json_atomic, write_text_atomic
+from medattn.devices import resolve_device
 from medattn.networks import builders
 from medattn.networks.data import discover_dataset, intensity_mode, split_cases, verify_dataset
 from medattn.networks.transforms import TransformConfig, train_transforms, val_transforms
@@ -177,27 +178,6 @@ def _default(name: str):
         if f.name == name:
             return f.default_factory() if f.default_factory is not MISSING else f.default
     raise KeyError(name)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, then Apple MPS, else CPU; otherwise ``torch.device(device)``.
-
-    Raises:
-        ValueError: for a device string torch does not know, or CUDA asked for but absent.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:0, mps)") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    return resolved
 
 
 def auto_roi(median_shape, divisor, max_size: int = 128) -> list[int]:
