@@ -6,11 +6,12 @@ import argparse
 import math
 import sys
 import textwrap
+from pathlib import Path
 
 EXAMPLES = """\
 examples:
-  # Score nnU-Net predictions (labels: the values found in the ground truth)
-  medattn evaluate --pred results/fold0 --gt labelsTs --out eval/fold0
+  # Score nnU-Net predictions; the labels come from $nnUNet_raw/Dataset501_Synapse/dataset.json
+  medattn evaluate --pred results/fold0 --gt $nnUNet_raw/Dataset501_Synapse/labelsTs --out eval/fold0
 
   # Synapse-style: 8 organs named by a dataset.json, TransUNet's conventions and units
   medattn evaluate --pred pred --gt gt --out eval --labels dataset.json \\
@@ -69,8 +70,10 @@ def register(subparsers) -> None:
         '{"labels": {"whole_tumor": [1, 2, 3], ...}, "regions_class_order": [...]} or inline '
         '"whole_tumor=1+2+3,tumor_core=2+3,enhancing=3". An entry named "ignore" '
         '(e.g. "1=liver,2=ignore") is nnU-Net\'s ignore label: the highest value, never scored, '
-        "and ground-truth voxels holding it are left out of every metric. Default: the non-zero "
-        "values found in the ground truth, named label_<k>",
+        "and ground-truth voxels holding it are left out of every metric. Default: the nnU-Net "
+        "dataset.json beside --gt when --gt is a dataset's labelsTr/labelsTs folder (so regions and "
+        "the ignore label are scored as nnU-Net does), otherwise the non-zero values found in the "
+        "ground truth, named label_<k>",
     )
     parser.add_argument(
         "--convention",
@@ -104,11 +107,16 @@ def run(args) -> int:
     from medattn.evaluation.api import evaluate_folders
     from medattn.evaluation.report import set_names
 
+    labels = args.labels
+    if labels is None:
+        labels = dataset_json_beside(args.gt)
+        if labels is not None:
+            print(f"labels: {labels} (the dataset's own map; --labels chooses another)", file=sys.stderr)
     try:
         result = evaluate_folders(
             args.pred,
             args.gt,
-            labels=args.labels,
+            labels=labels,
             convention=args.convention,
             spacing=args.spacing,
             compare=args.compare,
@@ -128,6 +136,17 @@ def run(args) -> int:
     for path in result.written.values():
         print(f"wrote {path}")
     return 0
+
+
+def dataset_json_beside(gt_dir) -> Path | None:
+    """``DatasetXXX/dataset.json`` when ``gt_dir`` is that dataset's ``labelsTr`` or
+    ``labelsTs`` folder: an nnU-Net dataset's label map belongs to its labels, and without
+    it region-based and ignore-label datasets would be scored value by value."""
+    gt_dir = Path(gt_dir)
+    candidate = gt_dir.parent / "dataset.json"
+    if gt_dir.name in ("labelsTr", "labelsTs") and candidate.is_file():
+        return candidate
+    return None
 
 
 def _console_table(result, names) -> str:

@@ -95,3 +95,31 @@ def test_real_ct_labels_against_themselves_and_a_perturbed_copy(shared_data, tmp
     transunet = pd.read_csv(out_tu / "metrics.csv").set_index("name")
     assert transunet.loc["gallbladder", "hd95"] == 0.0 and transunet.loc["esophagus", "dice"] == 0.0
     assert transunet.loc["liver", "hd95"] == pytest.approx(2.0)  # voxels
+
+
+def test_nnunet_dataset_folder_brings_its_own_label_map(folders, tmp_path, capsys):
+    """--gt DatasetXXX/labelsTs without --labels: the dataset.json beside it is used (here a
+    region map with an ignore label), giving what an explicit --labels gives; elsewhere the
+    ground truth's values are scored."""
+    import shutil
+
+    gt_dir, pred_dir, _ = folders
+    dataset = tmp_path / "Dataset777_Regions"
+    shutil.copytree(gt_dir, dataset / "labelsTs")
+    (dataset / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "ignore": 4},
+        "regions_class_order": [1, 2],
+    }))
+    implicit, explicit, plain = tmp_path / "implicit", tmp_path / "explicit", tmp_path / "plain"
+    base = ["evaluate", "--pred", str(pred_dir), "--no-progress"]
+    assert main([*base, "--gt", str(dataset / "labelsTs"), "--out", str(implicit)]) == 0
+    assert f"labels: {dataset / 'dataset.json'}" in capsys.readouterr().err
+    assert main([*base, "--gt", str(dataset / "labelsTs"), "--out", str(explicit),
+                 "--labels", str(dataset / "dataset.json")]) == 0
+    assert main([*base, "--gt", str(gt_dir), "--out", str(plain)]) == 0
+    assert "labels:" not in capsys.readouterr().err
+    implicit_table, explicit_table = (pd.read_csv(folder / "metrics.csv") for folder in (implicit, explicit))
+    pd.testing.assert_frame_equal(implicit_table, explicit_table)
+    assert list(dict.fromkeys(implicit_table["name"])) == ["whole", "core"]
+    assert json.loads((implicit / "summary.json").read_text())["ignore_label"] == 4
+    assert set(pd.read_csv(plain / "metrics.csv")["name"]) == {"label_1", "label_2", "label_3"}
