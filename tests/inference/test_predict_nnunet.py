@@ -154,14 +154,20 @@ def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
     assert renewed.keys() == inodes.keys() and all(renewed[k] != inodes[k] for k in inodes)
 
 
+def _label_maps(output: Path) -> list[Path]:
+    """The finished label maps in ``output``; pathlib's ``*`` also matches the hidden
+    temporary files that a killed run leaves behind, which are not outputs."""
+    return sorted(p for p in output.glob("*.nii.gz") if not p.name.startswith(".")) if output.is_dir() else []
+
+
 def _start_and_kill_at_first_new_output(args: list[str], output: Path, sig: int, timeout: float = 600):
     """Start ``medattn predict`` in a subprocess, send ``sig`` once a new label map appears."""
-    before = {p.name for p in output.glob("*.nii.gz")} if output.is_dir() else set()
+    before = {p.name for p in _label_maps(output)}
     process = subprocess.Popen([sys.executable, "-m", "medattn.cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if output.is_dir() and {p.name for p in output.glob("*.nii.gz")} - before:
+        if {p.name for p in _label_maps(output)} - before:
             process.send_signal(sig)
             break
         time.sleep(0.02)
@@ -190,21 +196,22 @@ def test_killed_runs_leave_no_truncated_files_and_resume(stock_model, small_imag
 
     code, log = _start_and_kill_at_first_new_output(args, output, signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, log
-    done_after_term = sorted(output.glob("*.nii.gz"))
+    done_after_term = _label_maps(output)
     assert 1 <= len(done_after_term) < 18
     assert not [p for p in output.iterdir() if p.name.startswith(".")], "SIGTERM must remove temporary files"
 
     code, log = _start_and_kill_at_first_new_output(args, output, signal.SIGKILL)
     assert code == -signal.SIGKILL, log
-    for path in output.glob("*.nii.gz"):
+    assert len(_label_maps(output)) > len(done_after_term)
+    for path in _label_maps(output):
         _assert_complete_nifti(path)
 
     assert main(args) == 0
     assert not [p for p in output.iterdir() if p.name.startswith(".")], "stale temporary files must be removed"
-    for path in sorted(output.glob("*.nii.gz")):
+    for path in _label_maps(output):
         expected, _ = _read(reference_predictions / path.name.split("_", 1)[1])
         np.testing.assert_array_equal(_read(path)[0], expected)
-    assert len(list(output.glob("*.nii.gz"))) == 18
+    assert len(_label_maps(output)) == 18
 
 
 def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, small_images, tmp_path, capsys):
