@@ -20,6 +20,13 @@ Reliability:
 - a case that fails (unreadable or truncated file, wrong channel count, NaNs, ...) is
   reported with the file and the reason, and the batch goes on;
   :attr:`PredictionReport.failures` lists them.
+
+Cascades: an nnU-Net ``3d_cascade_fullres`` model needs the ``3d_lowres`` stage's label
+map of every case (``nnUNetv2_predict -prev_stage_predictions``). ``previous_stage`` gives
+either that folder of label maps or the previous stage's model; without it the model
+folder beside the cascade's (``{trainer}__{plans}__3d_lowres``) is used. A previous-stage
+model predicts first, into ``output_dir/3d_lowres`` (resumable like any run), and a case it
+fails on is reported once, with its reason, and not tried by the cascade stage.
 """
 
 from __future__ import annotations
@@ -182,6 +189,7 @@ def predict(
     overwrite: bool = False,
     jobs: int = 2,
     progress: bool = True,
+    previous_stage: str | os.PathLike | None = None,
 ) -> PredictionReport:
     """Predict a label map for every case of ``inputs`` into ``output_dir``.
 
@@ -204,13 +212,19 @@ def predict(
         overwrite: predict cases whose outputs exist.
         jobs: worker threads for reading/preprocessing and for writing (each).
         progress: show a progress bar (per-case timing in its postfix).
+        previous_stage: for an nnU-Net cascade stage model only: a folder of the previous
+            stage's label maps (``CASE.nii.gz``), or the previous stage's model folder,
+            which then predicts first into ``output_dir/{its configuration}``. Default: the
+            sibling model folder ``{trainer}__{plans}__{previous configuration}``.
 
     Returns:
         A :class:`PredictionReport`; failures do not raise.
 
     Raises:
         FileNotFoundError, ValueError: for a missing or unusable model or input, an output
-            folder that is an input folder, ``jobs < 1`` or a step size outside (0, 1].
+            folder that is an input folder, ``jobs < 1``, a step size outside (0, 1], a
+            cascade stage without its previous stage, or ``previous_stage`` for a model
+            that is not a cascade stage.
     """
     import torch
 
@@ -229,10 +243,25 @@ def predict(
         cases, problems = group_cases(files, backend.num_channels)
         report = PredictionReport(model=backend.description)
         report.failures += [CaseFailure(p.name, p.message) for p in problems]
+        if getattr(backend, "previous_stage_name", None):
+            stage = _run_previous_stage(
+                backend, source, previous_stage, files, output_dir,
+                dict(folds=folds, checkpoint=checkpoint, device=device, tta=tta, step_size=step_size,
+                     overwrite=overwrite, jobs=jobs, progress=progress),
+            )
+            failed = {failure.case for failure in report.failures}
+            report.failures += [f for f in stage.failures if f.case not in failed]
+            report.model += f"; previous stage: {stage.model}"
+        elif previous_stage is not None:
+            raise ValueError(f"--previous-stage {previous_stage}: {source.path} is not a cascade stage model "
+                             "(its configuration names no previous stage)")
         output_dir.mkdir(parents=True, exist_ok=True)
         todo = []
+        failed = {failure.case for failure in report.failures}
         for case in cases:
             _remove_stale_temporaries(case, output_dir)
+            if case.name in failed:
+                continue
             if not overwrite and _is_complete(case, output_dir, save_probabilities):
                 report.skipped.append(case.name)
             else:
@@ -242,6 +271,40 @@ def predict(
         report.total_seconds = time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)
+    return report
+
+
+def _run_previous_stage(backend, source: ModelSource, previous_stage, files: list[Path], output_dir: Path,
+                        options: dict) -> PredictionReport:
+    """Point ``backend`` (a cascade stage) at the previous stage's label maps, predicting
+    them first when ``previous_stage`` is a model (or is None and the sibling model exists).
+    Returns that run's report (empty when label maps were given)."""
+    name = backend.previous_stage_name
+    if previous_stage is None:
+        # nnU-Net names training outputs {trainer}__{plans}__{configuration}.
+        trainer, plans, _ = source.path.name.split("__")
+        sibling = source.path.parent / f"{trainer}__{plans}__{name}"
+        if not sibling.is_dir():
+            raise ValueError(
+                f"{source.path}: a cascade stage needs the {name} stage first, and {sibling} does not exist; "
+                f"give --previous-stage: the {name} model folder, or a folder of its label maps (CASE.nii.gz)"
+            )
+        print(f"medattn predict: cascade: predicting the {name} stage first with {sibling}", file=sys.stderr)
+        previous_stage = sibling
+    from medattn.inference.nnunet_backend import is_nnunet_model
+
+    previous_stage = Path(previous_stage)
+    if not previous_stage.is_dir():
+        raise FileNotFoundError(f"--previous-stage {previous_stage}: no such folder")
+    is_fold = previous_stage.name.startswith("fold_") and is_nnunet_model(previous_stage.parent)
+    # nnU-Net's prediction folders hold plans.json and dataset.json too, but no fold_X folders.
+    is_model = is_nnunet_model(previous_stage) and any(previous_stage.glob("fold_*"))
+    if not (is_model or is_fold):
+        backend.previous_stage_dir = previous_stage
+        return PredictionReport(model=f"label maps in {previous_stage}")
+    stage_output = output_dir / name
+    report = predict(previous_stage, files, stage_output, **options)
+    backend.previous_stage_dir = stage_output
     return report
 
 

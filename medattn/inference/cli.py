@@ -15,6 +15,10 @@ examples:
   medattn predict --model MODEL_DIR --folds 0 --device cpu --no-tta --save-probabilities \\
       --input scans/ --output predictions/
 
+  # an nnU-Net cascade: the 3d_lowres model beside it predicts first (into predictions/3d_lowres)
+  medattn predict --model $nnUNet_results/Dataset501_Synapse/nnUNetTrainerDSM__nnUNetPlans__3d_cascade_fullres \
+      --input scans/ --output predictions/
+
   # a MONAI-path checkpoint (medattn train monai), on two files
   medattn predict --model runs/phantom_dsm/checkpoint_best.pt --input a.nii.gz b_0000.nii.gz --output pred/
 
@@ -63,6 +67,11 @@ def register(subparsers) -> None:
                         help="worker threads reading ahead and (as many) writing behind while the device "
                         "predicts (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--previous-stage", metavar="DIR",
+                        help="nnU-Net cascade (3d_cascade_fullres) models only: the 3d_lowres model folder, which "
+                        "predicts first into OUTPUT/3d_lowres, or a folder of its label maps (nnU-Net's "
+                        "-prev_stage_predictions). Default: the model folder {trainer}__{plans}__3d_lowres beside "
+                        "--model")
     parser.set_defaults(handler=run)
 
 
@@ -110,7 +119,7 @@ def run(args) -> int:
         report = predict(
             args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
             tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-            jobs=args.jobs, progress=not args.no_progress,
+            jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
         )
     except (ValueError, OSError) as err:
         print(f"medattn predict: error: {err}", file=sys.stderr)

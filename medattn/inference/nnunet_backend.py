@@ -8,6 +8,14 @@ ensembling) and ``convert_predicted_logits_to_segmentation_with_correct_shape`` 
 back, argmax, uncrop, transpose back). What this module adds: medattn's trainers are
 registered before the trainer class is looked up, inputs are checked and errors name the
 file, and outputs are written atomically.
+
+Cascade stage models (``3d_cascade_fullres``, whose configuration names a
+``previous_stage``) take the previous stage's label map of each case as extra input, as
+``nnUNetv2_predict -prev_stage_predictions`` does: nnU-Net's preprocessor crops and
+resamples it with the image and its foreground labels are one-hot encoded behind the image
+channels. :attr:`NNUNetBackend.previous_stage_dir` says where those label maps are; the
+batch runner (:func:`medattn.inference.batch.predict`) fills it, predicting the previous
+stage first when it is given a model.
 """
 
 from __future__ import annotations
@@ -98,11 +106,15 @@ class NNUNetBackend:
         self.configuration_manager = predictor.configuration_manager
         self.dataset_json = predictor.dataset_json
         self.label_manager = predictor.label_manager
-        self.num_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
-                                                         self.dataset_json)
-        if self.configuration_manager.previous_stage_name is not None:
-            raise ValueError(f"{model_dir}: cascade stage models (previous stage "
-                             f"{self.configuration_manager.previous_stage_name!r}) are not supported")
+        #: the previous stage's configuration name ("3d_lowres") for a cascade stage model, else None
+        self.previous_stage_name = self.configuration_manager.previous_stage_name
+        #: folder of the previous stage's label maps (``CASE.nii.gz``); required for a cascade stage
+        self.previous_stage_dir: Path | None = None
+        network_channels = determine_num_input_channels(self.plans_manager, self.configuration_manager,
+                                                        self.dataset_json)
+        # A cascade network also reads the previous stage's one-hot label map; the user gives images only.
+        self.num_channels = network_channels - (len(self.label_manager.foreground_labels)
+                                                if self.previous_stage_name else 0)
         mirroring = predictor.allowed_mirroring_axes if tta else None
         self.description = (
             f"nnU-Net {predictor.trainer_name}, folds {', '.join(map(str, folds))} ({checkpoint}), "
@@ -124,11 +136,43 @@ class NNUNetBackend:
                             f"the model needs {self.num_channels}")
         check_finite(data, case.files)
         input_shape = tuple(data.shape[1:])
+        previous = self._read_previous_stage(case, input_shape) if self.previous_stage_name else None
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
-        data, _, properties = preprocessor.run_case_npy(
-            data, None, properties, self.plans_manager, self.configuration_manager, self.dataset_json
+        # Without a segmentation, run_case_npy still returns one (the crop's non-zero mask).
+        data, preprocessed_previous, properties = preprocessor.run_case_npy(
+            data, previous, properties, self.plans_manager, self.configuration_manager, self.dataset_json
         )
+        if previous is not None:
+            from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
+
+            one_hot = convert_labelmap_to_one_hot(preprocessed_previous[0], self.label_manager.foreground_labels, data.dtype)
+            data = np.vstack((data, one_hot))
         return _Prepared(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, input_shape)
+
+    def _read_previous_stage(self, case: Case, input_shape: tuple[int, ...]) -> np.ndarray:
+        """The previous stage's label map of ``case`` (1, *spatial), read as nnU-Net reads it."""
+        if self.previous_stage_dir is None:
+            raise ValueError(f"a cascade stage model needs the {self.previous_stage_name} stage's label maps: "
+                             "set previous_stage_dir")
+        path = case.label_path(self.previous_stage_dir)
+        if not path.is_file():
+            raise CaseError(f"{path}: no {self.previous_stage_name} label map for case {case.name} "
+                            "(the cascade stage needs the previous stage's prediction of every case)")
+        check_input_file(path)
+        try:
+            previous, _ = self.plans_manager.image_reader_writer_class().read_seg(str(path))
+        except Exception as err:
+            raise CaseError(f"{path}: cannot read the {self.previous_stage_name} label map "
+                            f"({type(err).__name__}: {err})") from err
+        if tuple(previous.shape[1:]) != input_shape:
+            raise CaseError(f"{path}: {self.previous_stage_name} label map shape {tuple(previous.shape[1:])} "
+                            f"differs from the image's {input_shape} ({case.files[0]})")
+        labels = [int(label) for label in self.label_manager.all_labels]
+        unknown = sorted(set(np.unique(previous).tolist()) - set(labels))
+        if unknown:
+            raise CaseError(f"{path}: unknown label(s) {', '.join(f'{v:g}' for v in unknown)} in the "
+                            f"{self.previous_stage_name} label map; the model's labels are {labels}")
+        return previous
 
     def infer(self, prepared: _Prepared) -> torch.Tensor:
         """Logits on the preprocessed grid, averaged over folds (and mirrorings)."""
