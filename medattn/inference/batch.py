@@ -109,7 +109,7 @@ def check_step_size(step_size: float) -> None:
 
 
 def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = None, device="auto", tta: bool = True,
-                 step_size: float = DEFAULT_STEP_SIZE):
+                 step_size: float = DEFAULT_STEP_SIZE, postprocessing: str | os.PathLike | None = None):
     """The backend (:class:`~medattn.inference.backend.Backend`) for a detected model."""
     check_step_size(step_size)
     device = resolve_device(device) if isinstance(device, str) else device
@@ -118,9 +118,13 @@ def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = No
 
         if folds is None and source.fold is not None:
             folds = [source.fold]
-        return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta, step_size=step_size)
+        return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta, step_size=step_size,
+                             postprocessing=postprocessing)
     if folds:
         raise ValueError(f"--folds applies to nnU-Net models; {source.path} is a single MONAI checkpoint")
+    if postprocessing is not None:
+        raise ValueError(f"--postprocessing (nnU-Net's postprocessing.pkl) applies to nnU-Net models; "
+                         f"{source.path} is a MONAI checkpoint")
     from medattn.inference.monai_backend import MonaiBackend
 
     return MonaiBackend(source.path, device, tta=tta, step_size=step_size)
@@ -190,6 +194,7 @@ def predict(
     jobs: int = 2,
     progress: bool = True,
     previous_stage: str | os.PathLike | None = None,
+    postprocessing: str | os.PathLike | None = None,
 ) -> PredictionReport:
     """Predict a label map for every case of ``inputs`` into ``output_dir``.
 
@@ -216,6 +221,12 @@ def predict(
             stage's label maps (``CASE.nii.gz``), or the previous stage's model folder,
             which then predicts first into ``output_dir/{its configuration}``. Default: the
             sibling model folder ``{trainer}__{plans}__{previous configuration}``.
+        postprocessing: nnU-Net models only: a ``postprocessing.pkl`` written by
+            ``nnUNetv2_find_best_configuration`` (or ``nnUNetv2_determine_postprocessing``),
+            applied to each label map before it is written, as
+            ``nnUNetv2_apply_postprocessing`` would afterwards. Probabilities are saved
+            before it, as nnU-Net saves them. A cascade's previous stage is not
+            post-processed. The file is a pickle: load only files you trust.
 
     Returns:
         A :class:`PredictionReport`; failures do not raise.
@@ -239,7 +250,7 @@ def predict(
     threads = torch.get_num_threads()
     try:
         backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta,
-                               step_size=step_size)
+                               step_size=step_size, postprocessing=postprocessing)
         cases, problems = group_cases(files, backend.num_channels)
         report = PredictionReport(model=backend.description)
         report.failures += [CaseFailure(p.name, p.message) for p in problems]

@@ -72,6 +72,10 @@ def register(subparsers) -> None:
                         "predicts first into OUTPUT/3d_lowres, or a folder of its label maps (nnU-Net's "
                         "-prev_stage_predictions). Default: the model folder {trainer}__{plans}__3d_lowres beside "
                         "--model")
+    parser.add_argument("--postprocessing", metavar="PKL",
+                        help="nnU-Net models only: apply nnU-Net's postprocessing.pkl (from "
+                        "nnUNetv2_find_best_configuration, e.g. in crossval_results_folds_0_1_2_3_4/) to every label "
+                        "map, as nnUNetv2_apply_postprocessing does; a pickle, so only files you trust")
     parser.set_defaults(handler=run)
 
 
@@ -120,6 +124,7 @@ def run(args) -> int:
             args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
             tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
             jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
+            postprocessing=args.postprocessing,
         )
     except (ValueError, OSError) as err:
         print(f"medattn predict: error: {err}", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +34,7 @@ from medattn.data.io import atomic_write
 from medattn.inference.backend import CaseError, check_finite, check_input_file, write_probabilities
 from medattn.inference.naming import Case
 
-__all__ = ["NNUNetBackend", "available_folds", "is_nnunet_model"]
+__all__ = ["NNUNetBackend", "available_folds", "is_nnunet_model", "load_postprocessing"]
 
 CHECKPOINT = "checkpoint_final.pth"
 
@@ -54,6 +55,38 @@ def available_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[int | st
     return ["all"] if (folder / "fold_all" / checkpoint).is_file() else []
 
 
+def load_postprocessing(path: str | os.PathLike) -> tuple[list, list]:
+    """nnU-Net's ``postprocessing.pkl``: ``(functions, keyword arguments)``, one pair per step.
+
+    ``nnUNetv2_find_best_configuration`` writes it; each function takes a label map (and the
+    keywords) and returns one, e.g. ``remove_all_but_largest_component_from_segmentation``
+    with ``labels_or_regions``. An empty pair means "no postprocessing", which nnU-Net
+    writes when removing components did not help.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it is not a readable pickle of that shape, naming the file.
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--postprocessing {path}: no such file")
+    try:
+        with open(path, "rb") as stream:
+            steps = pickle.load(stream)
+    except Exception as err:
+        raise ValueError(f"--postprocessing {path}: not a readable postprocessing.pkl "
+                         f"({type(err).__name__}: {err})") from err
+    valid = (isinstance(steps, (tuple, list)) and len(steps) == 2 and all(isinstance(s, list) for s in steps)
+             and len(steps[0]) == len(steps[1]) and all(callable(f) for f in steps[0])
+             and all(isinstance(k, dict) for k in steps[1]))
+    if not valid:
+        raise ValueError(f"--postprocessing {path}: expected nnU-Net's (functions, keyword arguments) lists of "
+                         f"equal length, got {type(steps).__name__}")
+    return steps[0], steps[1]
+
+
 @dataclass
 class _Prepared:
     data: torch.Tensor  # preprocessed (C, *spatial) float32
@@ -72,15 +105,19 @@ class NNUNetBackend:
         tta: mirroring test-time augmentation over the axes the trainer allowed.
         step_size: sliding-window step as a fraction of the patch size (nnU-Net's
             ``tile_step_size``).
+        postprocessing: nnU-Net's ``postprocessing.pkl`` (:func:`load_postprocessing`),
+            applied to each label map before it is written.
 
     Raises:
-        ValueError: for a missing fold or checkpoint, naming what is available.
+        ValueError: for a missing fold or checkpoint, naming what is available, or an
+            unusable postprocessing file.
     """
 
     kind = "nnunet"
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str | None,
-                 device: torch.device, tta: bool = True, step_size: float = 0.5):
+                 device: torch.device, tta: bool = True, step_size: float = 0.5,
+                 postprocessing: str | os.PathLike | None = None):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
@@ -88,6 +125,7 @@ class NNUNetBackend:
 
         checkpoint = checkpoint or CHECKPOINT
         folds = _check_folds(model_dir, folds, checkpoint)
+        self.postprocessing = load_postprocessing(postprocessing) if postprocessing is not None else ([], [])
         register_trainers()
         # nnU-Net prints its trainer search and device notes; keep them for errors only.
         chatter = io.StringIO()
@@ -120,6 +158,9 @@ class NNUNetBackend:
             f"nnU-Net {predictor.trainer_name}, folds {', '.join(map(str, folds))} ({checkpoint}), "
             f"{device}, TTA mirroring axes {tuple(mirroring) if mirroring else 'none'}, step size {step_size}"
         )
+        if postprocessing is not None:
+            steps = ", ".join(f"{getattr(f, '__name__', f)}({k})" for f, k in zip(*self.postprocessing))
+            self.description += f", postprocessing: {steps or 'none (the file lists no step)'}"
 
     def prepare(self, case: Case) -> _Prepared:
         """Read the case with the plans' reader, check it and preprocess it as nnU-Net does."""
@@ -196,6 +237,10 @@ class NNUNetBackend:
                             f"differs from the input's {prepared.input_shape}")
         if probabilities is not None:
             write_probabilities(case, output_dir, probabilities, prepared.properties)
+        if self.postprocessing[0]:
+            from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+            segmentation = apply_postprocessing(segmentation, *self.postprocessing)
         target = case.label_path(output_dir)
         writer = self.plans_manager.image_reader_writer_class()
         with atomic_write(target, suffix=case.suffix) as tmp:
