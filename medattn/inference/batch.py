@@ -11,6 +11,9 @@ numpy, SimpleITK and torch release the GIL, and they avoid its spawn pitfalls).
 
 Reliability:
 
+- nnU-Net's layout: the model's ``dataset.json`` and ``plans.json`` are copied beside
+  the label maps, as ``nnUNetv2_predict`` does, so nnU-Net's ensembling and
+  postprocessing commands run on the folder as they are;
 - resumable: a case whose label map exists (and, with ``save_probabilities``, its
   ``.npz``/``.pkl``) is skipped unless ``overwrite``; the label map is written last, so its
   presence means the case is complete;
@@ -267,6 +270,8 @@ def predict(
             raise ValueError(f"--previous-stage {previous_stage}: {source.path} is not a cascade stage model "
                              "(its configuration names no previous stage)")
         output_dir.mkdir(parents=True, exist_ok=True)
+        if source.kind == "nnunet":
+            _copy_model_files(source.path, output_dir)
         todo = []
         failed = {failure.case for failure in report.failures}
         for case in cases:
@@ -317,6 +322,20 @@ def _run_previous_stage(backend, source: ModelSource, previous_stage, files: lis
     report = predict(previous_stage, files, stage_output, **options)
     backend.previous_stage_dir = stage_output
     return report
+
+
+def _copy_model_files(model_dir: Path, output_dir: Path) -> None:
+    """Put the model's ``dataset.json`` and ``plans.json`` beside the label maps, as
+    ``nnUNetv2_predict`` does: ``nnUNetv2_ensemble``, ``nnUNetv2_apply_postprocessing`` and
+    ``nnUNetv2_determine_postprocessing`` look for them in the folder they are given."""
+    from medattn.data.io import atomic_write
+
+    for name in ("dataset.json", "plans.json"):
+        content = (model_dir / name).read_bytes()
+        target = output_dir / name
+        if not target.is_file() or target.read_bytes() != content:  # a resumed run leaves them be
+            with atomic_write(target) as tmp:
+                tmp.write_bytes(content)
 
 
 def _check_output_not_input(output_dir: Path, inputs: list) -> None:

@@ -26,6 +26,8 @@ from medattn.data.io import list_images
 
 pytestmark = pytest.mark.slow
 
+MODEL_FILES = ["dataset.json", "plans.json"]
+
 
 def _read(path: Path):
     image = sitk.ReadImage(str(path))
@@ -109,7 +111,8 @@ def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model
 def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, small_images):
     images = list_images(small_images)
     written = sorted(p.name for p in reference_predictions.iterdir())
-    assert written == sorted(p.name.replace("_0000.nii.gz", ".nii.gz") for p in images)
+    # nnUNetv2_predict's layout: the label maps, and the model's dataset.json and plans.json
+    assert written == sorted([p.name.replace("_0000.nii.gz", ".nii.gz") for p in images] + MODEL_FILES)
     for image in images:
         _assert_same_grid(reference_predictions / image.name.replace("_0000", ""), image)
 
@@ -143,7 +146,7 @@ def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
             "--device", "cpu", "--no-tta", "--no-progress"]
     assert main(args) == 0
     inodes = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
-    assert len(inodes) == 2
+    assert len(inodes) == 2 + len(MODEL_FILES)
     capsys.readouterr()
     assert main(args) == 0
     assert "0 predicted, 2 skipped" in capsys.readouterr().out
@@ -151,7 +154,9 @@ def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 0
     assert "2 predicted, 0 skipped" in capsys.readouterr().out
     renewed = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
-    assert renewed.keys() == inodes.keys() and all(renewed[k] != inodes[k] for k in inodes)
+    assert renewed.keys() == inodes.keys()
+    assert all(renewed[k] != inodes[k] for k in inodes if k not in MODEL_FILES)
+    assert all(renewed[k] == inodes[k] for k in MODEL_FILES)  # unchanged, so not rewritten
 
 
 def _label_maps(output: Path) -> list[Path]:
@@ -237,7 +242,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, small_image
                  "--device", "cpu", "--no-tta", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
-    assert sorted(p.name for p in output.iterdir()) == ["good.nii.gz", "plain.nii.gz"]
+    assert sorted(p.name for p in output.iterdir()) == sorted(["good.nii.gz", "plain.nii.gz"] + MODEL_FILES)
     _assert_same_grid(output / "plain.nii.gz", good)
     summary = captured.err[captured.err.index("FAILED (5)"):]
     expectations = {  # file name: what the message must say (names chosen not to contain it)
@@ -269,3 +274,27 @@ def test_step_size_is_checked_by_the_api_too(stock_model, small_images, tmp_path
     with pytest.raises(ValueError, match=r"step size must be in \(0, 1\].*got 0"):
         predict(stock_model, small_images, tmp_path / "out", step_size=0, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_feed_nnunetv2_ensemble_as_they_are(stock_model, demo_out, small_images, tmp_path):
+    """Two models' ``--save-probabilities`` folders go to nnU-Net's own ensembling command
+    without extra flags (it reads plans.json, dataset.json, CASE.npz and CASE.pkl from them):
+    its label maps are the argmax of the mean probabilities, on the input's grid."""
+    from medattn.nnunet.commands import nnunet_environment, run_nnunet
+    from tests.inference.shared import model_dir
+
+    folders = {name: tmp_path / name for name in ("stock", "dsm", "ensemble")}
+    for name, model in (("stock", stock_model), ("dsm", model_dir(demo_out, "nnUNetTrainerDSM_demo"))):
+        assert main(["predict", "--model", str(model), "--input", str(small_images), "--output", str(folders[name]),
+                     "--device", "cpu", "--no-tta", "--save-probabilities", "--no-progress"]) == 0
+    env = nnunet_environment(demo_out / "nnUNet_raw", demo_out / "nnUNet_preprocessed", demo_out / "nnUNet_results")
+    run_nnunet("nnUNetv2_ensemble", ["-i", folders["stock"], folders["dsm"], "-o", folders["ensemble"], "-np", 1],
+               env, timeout=300)
+    images = list_images(small_images)
+    for image in images:
+        case = image.name.replace("_0000.nii.gz", "")
+        mean = np.mean([np.load(folders[name] / f"{case}.npz")["probabilities"] for name in ("stock", "dsm")], axis=0)
+        ensembled, _ = _read(folders["ensemble"] / f"{case}.nii.gz")
+        np.testing.assert_array_equal(ensembled, mean.argmax(0))
+        _assert_same_grid(folders["ensemble"] / f"{case}.nii.gz", image)
+    assert len(list(folders["ensemble"].glob("*.nii.gz"))) == len(images)
