@@ -298,11 +298,12 @@ def _run_previous_stage(backend, source: ModelSource, previous_stage, files: lis
     name = backend.previous_stage_name
     if previous_stage is None:
         # nnU-Net names training outputs {trainer}__{plans}__{configuration}.
-        trainer, plans, _ = source.path.name.split("__")
-        sibling = source.path.parent / f"{trainer}__{plans}__{name}"
-        if not sibling.is_dir():
+        parts = source.path.name.split("__")
+        sibling = source.path.parent / "__".join([*parts[:2], name]) if len(parts) == 3 else None
+        if sibling is None or not sibling.is_dir():
+            missing = sibling or f"a folder named {{trainer}}__{{plans}}__{name} beside it"
             raise ValueError(
-                f"{source.path}: a cascade stage needs the {name} stage first, and {sibling} does not exist; "
+                f"{source.path}: a cascade stage needs the {name} stage first, and {missing} does not exist; "
                 f"give --previous-stage: the {name} model folder, or a folder of its label maps (CASE.nii.gz)"
             )
         print(f"medattn predict: cascade: predicting the {name} stage first with {sibling}", file=sys.stderr)

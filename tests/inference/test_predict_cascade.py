@@ -200,8 +200,12 @@ def test_cascade_without_its_previous_stage_is_refused(cascade, tmp_path, capsys
     assert main(["predict", "--model", str(alone), *args]) == 2
     err = capsys.readouterr().err
     assert "a cascade stage needs the 3d_lowres stage first" in err and "give --previous-stage" in err
+    renamed = tmp_path / "my_cascade"
+    alone.rename(renamed)
+    assert main(["predict", "--model", str(renamed), *args]) == 2
+    assert "a folder named {trainer}__{plans}__3d_lowres beside it does not exist" in capsys.readouterr().err
 
-    assert main(["predict", "--model", str(alone), "--previous-stage", str(tmp_path / "nowhere"), *args]) == 2
+    assert main(["predict", "--model", str(renamed), "--previous-stage", str(tmp_path / "nowhere"), *args]) == 2
     assert f"--previous-stage {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
