@@ -198,6 +198,8 @@ def predict(
     progress: bool = True,
     previous_stage: str | os.PathLike | None = None,
     postprocessing: str | os.PathLike | None = None,
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> PredictionReport:
     """Predict a label map for every case of ``inputs`` into ``output_dir``.
 
@@ -230,6 +232,10 @@ def predict(
             ``nnUNetv2_apply_postprocessing`` would afterwards. Probabilities are saved
             before it, as nnU-Net saves them. A cascade's previous stage is not
             post-processed. The file is a pickle: load only files you trust.
+        num_parts, part_id: predict only every ``num_parts``-th case of the sorted case
+            names, starting at ``part_id`` (nnU-Net's ``-num_parts``/``-part_id``): run
+            ``num_parts`` processes, one per GPU, with ``part_id`` 0 .. ``num_parts - 1``
+            on the same output folder; together they predict every case once.
 
     Returns:
         A :class:`PredictionReport`; failures do not raise.
@@ -244,6 +250,9 @@ def predict(
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs!r}")
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"need num_parts >= 1 and 0 <= part_id < num_parts, got num_parts={num_parts!r}, "
+                         f"part_id={part_id!r}")
     check_step_size(step_size)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     output_dir = Path(output_dir)
@@ -254,12 +263,12 @@ def predict(
     try:
         backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta,
                                step_size=step_size, postprocessing=postprocessing)
-        cases, problems = group_cases(files, backend.num_channels)
+        cases, problems = _this_part(*group_cases(files, backend.num_channels), num_parts, part_id)
         report = PredictionReport(model=backend.description)
         report.failures += [CaseFailure(p.name, p.message) for p in problems]
         if getattr(backend, "previous_stage_name", None):
             stage = _run_previous_stage(
-                backend, source, previous_stage, files, output_dir,
+                backend, source, previous_stage, [path for case in cases for path in case.files], output_dir,
                 dict(folds=folds, checkpoint=checkpoint, device=device, tta=tta, step_size=step_size,
                      overwrite=overwrite, jobs=jobs, progress=progress),
             )
@@ -288,6 +297,16 @@ def predict(
     finally:
         torch.set_num_threads(threads)
     return report
+
+
+def _this_part(cases: list[Case], problems: list, num_parts: int, part_id: int) -> tuple[list[Case], list]:
+    """The cases and grouping problems of part ``part_id`` of ``num_parts`` (every
+    ``num_parts``-th name in sorted order, as nnU-Net splits them)."""
+    if num_parts == 1:
+        return cases, problems
+    names = sorted({case.name for case in cases} | {problem.name for problem in problems})
+    mine = set(names[part_id::num_parts])
+    return [c for c in cases if c.name in mine], [p for p in problems if p.name in mine]
 
 
 def _run_previous_stage(backend, source: ModelSource, previous_stage, files: list[Path], output_dir: Path,

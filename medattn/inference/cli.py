@@ -19,6 +19,10 @@ examples:
   medattn predict --model $nnUNet_results/Dataset501_Synapse/nnUNetTrainerDSM__nnUNetPlans__3d_cascade_fullres \
       --input scans/ --output predictions/
 
+  # two GPUs: each process predicts every other case into the same folder
+  medattn predict --model MODEL_DIR --input scans/ --output pred/ --device cuda:0 --num-parts 2 --part-id 0 &
+  medattn predict --model MODEL_DIR --input scans/ --output pred/ --device cuda:1 --num-parts 2 --part-id 1
+
   # a MONAI-path checkpoint (medattn train monai), on two files
   medattn predict --model runs/phantom_dsm/checkpoint_best.pt --input a.nii.gz b_0000.nii.gz --output pred/
 
@@ -76,6 +80,11 @@ def register(subparsers) -> None:
                         help="nnU-Net models only: apply nnU-Net's postprocessing.pkl (from "
                         "nnUNetv2_find_best_configuration, e.g. in crossval_results_folds_0_1_2_3_4/) to every label "
                         "map, as nnUNetv2_apply_postprocessing does; a pickle, so only files you trust")
+    parser.add_argument("--num-parts", type=_positive, default=1, metavar="N",
+                        help="split the cases into N parts and predict one (nnU-Net's -num_parts): run N processes, "
+                        "e.g. one per GPU, on the same --output (default: 1)")
+    parser.add_argument("--part-id", type=_non_negative, default=0, metavar="I",
+                        help="which part this process predicts, 0 .. N-1 (nnU-Net's -part_id; default: 0)")
     parser.set_defaults(handler=run)
 
 
@@ -107,6 +116,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a non-negative integer")
+    return int(text)
+
+
 def run(args) -> int:
     """Handler of ``medattn predict``: 0 when every case is predicted or skipped, 1 when any failed,
     2 for an unusable model, input or option."""
@@ -124,7 +139,7 @@ def run(args) -> int:
             args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
             tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
             jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
-            postprocessing=args.postprocessing,
+            postprocessing=args.postprocessing, num_parts=args.num_parts, part_id=args.part_id,
         )
     except (ValueError, OSError) as err:
         print(f"medattn predict: error: {err}", file=sys.stderr)

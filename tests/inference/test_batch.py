@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from medattn.inference.backend import CaseError
-from medattn.inference.batch import CaseFailure, PredictionReport, _Pipeline
-from medattn.inference.naming import Case
+from medattn.inference.batch import CaseFailure, PredictionReport, _Pipeline, _this_part
+from medattn.inference.naming import Case, GroupingProblem
 
 
 class FakeBackend:
@@ -87,3 +87,17 @@ def test_package_exports_the_predict_function_not_a_module():
 
     assert predict is batch_predict and callable(predict)
     assert medattn.inference.predict is batch_predict
+
+
+def test_parts_split_sorted_names_like_nnunet_and_cover_every_case_once():
+    cases = [Case(f"c{i:02d}", (Path(f"c{i:02d}_0000.nii.gz"),), ".nii.gz") for i in (4, 0, 3, 1)]
+    problems = [GroupingProblem("c02", "c02_0001.nii.gz: channel 0 missing")]
+    names = ["c00", "c01", "c02", "c03", "c04"]  # nnU-Net takes sorted identifiers[part_id::num_parts]
+    seen = []
+    for part_id in range(3):
+        mine_cases, mine_problems = _this_part(cases, problems, 3, part_id)
+        mine = sorted([c.name for c in mine_cases] + [p.name for p in mine_problems])
+        assert mine == names[part_id::3]
+        seen += mine
+    assert sorted(seen) == names
+    assert _this_part(cases, problems, 1, 0) == (cases, problems)

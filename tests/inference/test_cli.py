@@ -75,6 +75,8 @@ def test_missing_fold_names_the_available_ones(tmp_path, capsys):
     [
         (["-j", "0"], "positive integer"),
         (["--folds", "x"], "invalid fold"),
+        (["--num-parts", "0"], "positive integer"),
+        (["--part-id", "-1"], "non-negative integer"),
     ],
 )
 def test_bad_options_are_rejected(tmp_path, capsys, extra, message):
@@ -113,3 +115,11 @@ def test_unknown_or_absent_device_is_an_error(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_part_id_must_name_one_of_the_parts(tmp_path, capsys):
+    code = main(["predict", "--model", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--num-parts", "2", "--part-id", "2"])
+    assert code == 2
+    assert "0 <= part_id < num_parts, got num_parts=2, part_id=2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -108,6 +108,20 @@ def test_equals_nnunetv2_predict_with_folds_tta_and_probabilities(two_fold_model
         assert (ours / f"{case}.pkl").is_file()
 
 
+def test_parts_predict_every_case_once_into_one_folder(stock_model, small_images, reference_predictions, tmp_path,
+                                                      capsys):
+    args = ["predict", "--model", str(stock_model), "--input", str(small_images), "--output", str(tmp_path),
+            "--device", "cpu", "--no-tta", "--no-progress", "--num-parts", "2"]
+    names = sorted(p.name.replace("_0000", "") for p in list_images(small_images))
+    assert main([*args, "--part-id", "1"]) == 0
+    assert "3 case(s): 3 predicted" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == names[1::2]
+    assert main([*args, "--part-id", "0"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.nii.gz")) == names
+    for name in names:
+        np.testing.assert_array_equal(_read(tmp_path / name)[0], _read(reference_predictions / name)[0])
+
+
 def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, small_images):
     images = list_images(small_images)
     written = sorted(p.name for p in reference_predictions.iterdir())
