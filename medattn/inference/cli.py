@@ -137,8 +137,8 @@ def run(args) -> int:
     try:
         report = predict(
             args.model, args.input, args.output, folds=args.folds, checkpoint=args.checkpoint, device=args.device,
-            tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities, overwrite=args.overwrite,
-            jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
+            tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities,
+            overwrite=args.overwrite, jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
             postprocessing=args.postprocessing, num_parts=args.num_parts, part_id=args.part_id,
         )
     except (ValueError, OSError) as err:

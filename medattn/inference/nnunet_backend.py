@@ -186,8 +186,8 @@ class NNUNetBackend:
         if previous is not None:
             from nnunetv2.utilities.label_handling.label_handling import convert_labelmap_to_one_hot
 
-            one_hot = convert_labelmap_to_one_hot(preprocessed_previous[0], self.label_manager.foreground_labels, data.dtype)
-            data = np.vstack((data, one_hot))
+            labels = self.label_manager.foreground_labels
+            data = np.vstack((data, convert_labelmap_to_one_hot(preprocessed_previous[0], labels, data.dtype)))
         return _Prepared(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), properties, input_shape)
 
     def _read_previous_stage(self, case: Case, input_shape: tuple[int, ...]) -> np.ndarray:
