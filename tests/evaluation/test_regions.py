@@ -17,6 +17,7 @@ from medattn.evaluation.api import EvaluationError, evaluate_folders
 from medattn.evaluation.labels import LabelMap, LabelMapError, Region, label_column_value, parse_label_map
 from medattn.evaluation.metrics import binary_metrics, label_metrics
 
+from tests.cli_help import help_text
 from .conftest import box_labels, perturb, random_case, write_labels
 
 #: BraTS in nnU-Net v2 (Dataset137_BraTS21): nested regions over the labels 1, 2, 3.
@@ -303,9 +304,7 @@ def test_parallel_jobs_give_the_same_region_tables(region_folders):
 
 
 def test_help_shows_the_region_spelling(capsys):
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--help"])
-    text = capsys.readouterr().out
+    text = help_text(capsys, "evaluate")
     assert "whole_tumor=1+2+3,tumor_core=2+3,enhancing=3" in text
     assert '"regions_class_order"' in text
 

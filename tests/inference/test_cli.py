@@ -8,6 +8,7 @@ import pytest
 
 from medattn.cli import main
 from medattn.inference.batch import detect_model
+from tests.cli_help import help_text
 
 
 def _fake_nnunet_model(root, folds=(0,)):
@@ -22,10 +23,7 @@ def _fake_nnunet_model(root, folds=(0,)):
 
 
 def test_help_describes_and_gives_examples(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = help_text(capsys, "predict")
     for expected in ("--model", "--folds", "--no-tta", "--save-probabilities", "--overwrite", "-j", "examples:",
                      "CASE_0000.nii.gz"):
         assert expected in text

@@ -14,6 +14,7 @@ import pytest
 
 from medattn.cli import main
 from medattn.pipelines import bench_evaluate as bench
+from tests.cli_help import help_text
 
 # A 400 mm field of view like the CT-sized default, so the organs keep their size in mm,
 # on a coarse grid (20 x 64 x 64 voxels) that takes a second.
@@ -65,10 +66,7 @@ def medpy_here(bench_run):
 
 
 def test_help_lists_the_options(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "evaluate", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = help_text(capsys, "bench", "evaluate")
     assert "medpy" in text
     for option in ("--cases", "--shape", "--spacing", "--jobs", "--medpy-assd", "--seed", "--workdir"):
         assert option in text

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from medattn.cli import main
+from tests.cli_help import help_text
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +19,7 @@ def phantom(tmp_path_factory):
 
 
 def test_help_lists_the_options(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "monai", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = help_text(capsys, "bench", "monai")
     for option in ("--data", "--attention", "--epochs", "--timing-steps", "--markdown"):
         assert option in text
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from medattn.cli import main
 from medattn.nnunet.trainer import BENCH_SCHEDULE_ENV, bench_schedule_from_env
 from medattn.pipelines import bench_nnunet as bench
+from tests.cli_help import help_text
 
 CASES = [f"hippocampus_{i:03d}" for i in range(1, 61)]
 
@@ -147,8 +147,5 @@ def test_non_msd_folder_is_named_in_the_error(tmp_path):
 
 
 def test_help_has_description_and_example(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "nnunet", "--help"])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    out = help_text(capsys, "bench", "nnunet")
     assert "Task04_Hippocampus" in out and "Example:" in out and "--val-cases" in out

@@ -18,6 +18,7 @@ import pytest
 
 from medattn.cli import main
 from medattn.pipelines import bench_predict as bench
+from tests.cli_help import help_text
 
 #: Rows of the printed table: command, median wall seconds, seconds per case.
 ROW = re.compile(r"^\| `(nnUNetv2_predict|medattn predict)` \| (\d+\.\d) \| (\d+\.\d\d) \|$", re.MULTILINE)
@@ -69,10 +70,7 @@ def bench_run(model, crops, tmp_path_factory):
 
 
 def test_help_lists_the_options(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "predict", "--help"])
-    assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = help_text(capsys, "bench", "predict")
     assert "nnUNetv2_predict" in text
     for option in ("--model", "--input", "--cases", "--shape", "--device", "--folds", "--no-tta", "--repeats",
                    "--workdir"):
