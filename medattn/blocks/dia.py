@@ -113,6 +113,9 @@ PER_BLOCK_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 
 _NUM_GATES = 4  # i, f, g, o
 
+#: Options of the DIA-LSTM units ("lstm", "light") accepted by :func:`create_unit`.
+LSTM_UNIT_OPTIONS = ("rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer")
+
 
 class ElementwiseAffine(nn.Module):
     """The "IE" transform of Eq. 5, ``W_IE ⊗ x + b_IE``, ``num_transforms`` times at once.
@@ -582,7 +585,7 @@ def create_unit(
     if key not in _UNIT_KINDS:
         raise ValueError(f"unknown DIA unit kind {kind!r}; choose one of {unit_kinds()}")
     if key in ("lstm", "light"):
-        valid = {"rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer"}
+        valid = set(LSTM_UNIT_OPTIONS)
         unknown = sorted(set(kwargs) - valid)
         if unknown:
             raise ValueError(

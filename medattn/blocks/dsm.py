@@ -136,6 +136,9 @@ class DSM(nn.Module):
         gate_layer: the gate σ of ``C``, ``S`` and ``σ(W_x X)`` (default sigmoid).
         identity_init: add a zero-initialised per-channel scale so that ``Z == X`` at
             initialisation; False gives the paper's block without it.
+        sk_min_width: SKNet's lower bound ``L`` on the selection FC's width (default 32);
+            0 makes the width ``r``, which reproduces DSNet50-B's parameter count
+            (+1.81M, DSNet Tables 5/6/8) instead of +1.958M.
 
     Shapes:
         input (B, C, *spatial) with 2 or 3 spatial axes; output: the same shape.
@@ -157,9 +160,12 @@ class DSM(nn.Module):
         act_layer: LayerSpec = "relu",
         gate_layer: LayerSpec = "sigmoid",
         identity_init: bool = True,
+        sk_min_width: int = SK_MIN_WIDTH,
     ):
         super().__init__()
         check_channels(channels)
+        if isinstance(sk_min_width, bool) or not isinstance(sk_min_width, int) or sk_min_width < 0:
+            raise ValueError(f"sk_min_width must be a non-negative int, got {sk_min_width!r}")
         check_spatial_dims(spatial_dims)
         _check_options(mode, rd_ratio, rd_channels, rd_divisor)
         self.channels = channels
@@ -180,9 +186,10 @@ class DSM(nn.Module):
         if mode in _USES_SELF_ATTENTION:
             self.value_proj = conv(channels, channels, kernel_size=1)  # W_x
         if mode == "full":
-            self.select_reduce = nn.Linear(channels, max(rd, SK_MIN_WIDTH))
+            select_width = max(rd, sk_min_width)
+            self.select_reduce = nn.Linear(channels, select_width)
             self.select_act = create_act(act_layer, default="relu")
-            self.select_expand = nn.Linear(max(rd, SK_MIN_WIDTH), 2 * channels)  # Q, P logits
+            self.select_expand = nn.Linear(select_width, 2 * channels)  # Q, P logits
         if identity_init:
             self.gamma = nn.Parameter(torch.zeros(channels))
         else:

@@ -65,7 +65,7 @@ def create(name: str, channels: int, spatial_dims: int = 2, **kwargs) -> nn.Modu
     cls = get_block_class(name)
     check_channels(channels)
     check_spatial_dims(spatial_dims)
-    valid = _keyword_names(cls)
+    valid = keyword_names(cls)
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(
@@ -74,7 +74,8 @@ def create(name: str, channels: int, spatial_dims: int = 2, **kwargs) -> nn.Modu
     return cls(channels, spatial_dims=spatial_dims, **kwargs)
 
 
-def _keyword_names(cls: type) -> set[str]:
+def keyword_names(cls: type) -> set[str]:
+    """The keyword options of a block class (everything but ``channels`` and ``spatial_dims``)."""
     params = inspect.signature(cls.__init__).parameters
     return {
         p.name

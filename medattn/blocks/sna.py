@@ -73,9 +73,10 @@ def top_singular_triplets(
     of Algorithm 1 (``v <- M^T M v``, normalised), without forming ``M^T M`` (which costs
     ``O(m n^2)`` and squares the condition number). Components 2..k come from deflation,
     ``M <- M - sigma u v^T`` (the paper's rank-k ablation, Fig. 4). The start is
-    deterministic instead of Algorithm 1's random vector: the largest row of ``M``, which
-    is exact after one step for a rank-1 matrix and, unlike a ones vector, not
-    orthogonal to zero-mean singular vectors.
+    deterministic instead of Algorithm 1's random vector: the column sums ``M^T 1``,
+    never orthogonal to the leading right singular vector of a non-negative map (see
+    :func:`_start_vector`), and exact after one step for a rank-1 map; where the sums
+    vanish (columns summing to zero), the largest row of ``M``.
 
     Convergence: the angle between ``v`` and the true right singular vector shrinks like
     ``(sigma_2 / sigma_1)^(2 t)`` after ``t`` iterations (Golub & Van Loan, Sec. 8.2.1),
@@ -221,10 +222,7 @@ def _power_iteration(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One component: ``(sigma [...], u [..., m], v [..., n])``."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        # Deterministic start: the largest row of M. It is never orthogonal to the top
-        # right singular vector for a rank-1 map (which it then hits in one step), unlike
-        # a ones vector, which is orthogonal to any zero-mean singular vector.
-        v = _normalize(_largest_fiber(matrix, dim=-2), eps)
+        v = _normalize(_start_vector(matrix.sum(-2), _largest_fiber(matrix, dim=-2), matrix, 2), eps)
         for _ in range(n_iter):
             u = _normalize(_matvec(matrix, v), eps)
             v_next, v_norm = _normalize_with_norm(_matvec(matrix.transpose(-1, -2), u), eps)
@@ -243,9 +241,9 @@ def _hopm(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One HOPM term: ``(sigma [...], a [..., I], b [..., J], c [..., K])``."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        # Start from the largest mode-2 and mode-3 fibres: exact for a rank-1 tensor.
-        b = _normalize(_largest_fiber(tensor.transpose(-1, -2), dim=-3), eps)
-        c = _normalize(_largest_fiber(tensor, dim=-3), eps)
+        b = _normalize(_start_vector(tensor.sum((-3, -1)), _largest_fiber(tensor.transpose(-1, -2), dim=-3),
+                                     tensor, 3), eps)
+        c = _normalize(_start_vector(tensor.sum((-3, -2)), _largest_fiber(tensor, dim=-3), tensor, 3), eps)
         for _ in range(n_iter):
             a = _normalize(torch.einsum("...ijk,...j,...k->...i", tensor, b, c), eps)
             b_next, b_norm = _normalize_with_norm(torch.einsum("...ijk,...i,...k->...j", tensor, a, c), eps)
@@ -261,6 +259,31 @@ def _hopm(
         a = _normalize(torch.einsum("...ijk,...j,...k->...i", tensor, b, c), eps)
     sigma = torch.einsum("...ijk,...i,...j,...k->...", tensor, a, b, c)
     return sigma, a, b, c
+
+
+def _start_vector(sums: Tensor, fallback: Tensor, tensor: Tensor, summed_axes: int) -> Tensor:
+    """The power iteration's start: the column sums ``M^T 1`` (for a tensor, the contraction
+    with ones on the other modes), or ``fallback`` where those sums vanish.
+
+    Why the sums: for a non-negative map the leading singular vectors are non-negative
+    (Perron-Frobenius), so ``v1 . M^T 1 = sigma_1 (1 . u1) > 0``: the start is never
+    orthogonal to the leading vector, whatever the map holds. The largest row, the start
+    before medattn 0.2, can be orthogonal to it when the map holds two separate objects
+    (a bright streak and a dimmer, larger blob: the largest row crosses only the streak, and
+    the iteration then converges to the streak's sigma). The sums vanish for maps whose
+    columns sum to zero (signed, zero-mean maps); there the largest row serves.
+
+    Args:
+        sums: ``[..., n]`` the contraction with ones.
+        fallback: ``[..., n]`` the largest fibre.
+        tensor: the matrix ``[..., m, n]`` or tensor ``[..., I, J, K]``.
+        summed_axes: how many trailing axes of ``tensor`` form one matrix/tensor (2 or 3).
+    """
+    frobenius = tensor.flatten(-summed_axes).norm(dim=-1)
+    count = tensor[(0,) * (tensor.ndim - summed_axes)].numel() // sums.shape[-1]
+    # |sums| <= sqrt(count) |M|_F; below 1e-6 of that bound the sums carry no direction.
+    usable = torch.linalg.vector_norm(sums, dim=-1) > 1e-6 * math.sqrt(count) * frobenius
+    return torch.where(usable[..., None], sums, fallback)
 
 
 def _largest_fiber(tensor: Tensor, dim: int) -> Tensor:
@@ -361,8 +384,11 @@ class SpectralNormAttention(nn.Module):
       fixed count in training, so the graph is static and compiles. ``tol`` (default
       None) enables Algorithm 1's early stop (``v_t . v_{t-1} > 1 - tol``) in eval mode
       only (it reads a flag on the host each iteration: a graph break under
-      ``torch.compile``, so leave it None for compiled inference). The start is deterministic (no RNG, no state between calls): the largest row
-      of ``M`` (largest mode-2/3 fibres for HOPM). Gradients flow through every
+      ``torch.compile``, so leave it None for compiled inference). The start is deterministic (no RNG, no state between calls): the column sums
+      ``M^T 1`` (for HOPM the contractions with ones), never orthogonal to the leading
+      singular vector of a non-negative map, with the largest row (fibre) where the sums
+      vanish. The largest row alone, the start before medattn 0.2, converged to the wrong
+      object on a bright streak beside a dimmer blob (sigma 6 instead of 8). Gradients flow through every
       iteration; ``detach=True`` stops them and keeps only the path through
       ``sigma = u^T M v`` (spectral_norm's choice).
     - Numerics: the attention is computed with autocast disabled in at least float32

@@ -26,7 +26,7 @@ _LAZY = {
     "attention_choices": "medattn.networks.builders",
     "encoder_stages": "medattn.networks.builders",
     "dynunet_layout": "medattn.networks.builders",
-    "EncoderStage": "medattn.networks.builders",
+    "legacy_placement": "medattn.networks.builders",
     "load_checkpoint": "medattn.networks.training",
     "save_checkpoint": "medattn.networks.training",
     "Trainer": "medattn.networks.training",

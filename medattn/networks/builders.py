@@ -20,11 +20,32 @@ basicunet     ``conv_0``, ``down_1`` ... ``down_4``                         ``co
                                                                            stage's ``TwoConv``
 ============  ===========================================================  ===============================
 
-A per-feature-map block ("dsm", "sna", "se", ...) recalibrates each selected stage's
-output (:func:`medattn.insertion.attach_after`). A DIA unit ("dia" = DIA-LSTM,
-"dia_light", "dia_se", "dia_eca") is shared by the layers of a stage and threads its
-recurrent state through them in execution order (DIA paper, section 4.2.1,
-:func:`medattn.insertion.attach_shared_unit`).
+``attention`` is a placement of :mod:`medattn.placement` (``"dsm"``, ``"sna@stage:0,1"``,
+``'dsm@after_conv1{"rd_ratio": 0.5}'``). Positions per network (in-block positions sit after
+the conv's norm and before its nonlinearity):
+
+============  =====================================================  ===============================
+network       positions                                              default of a bare block name
+============  =====================================================  ===============================
+dynunet       ``after_conv1`` (``norm1``), ``after_conv2``            ``after_conv2``; DIA ``shared``
+              (``norm2``), ``before_add`` (``norm2``, ``res_block``
+              only), ``stage``, ``shared``
+segresnet     per ``ResBlock``: ``after_conv1`` (``norm2``, which     ``dsm``: ``after_conv1``; others
+              follows conv1), ``after_conv2`` = ``before_add``        ``before_add``; DIA ``shared``
+              (``conv2``); ``stage``, ``shared``
+basicunet     ``after_conv1`` (``conv_0.adn.N``), ``after_conv2``     ``after_conv2``; DIA ``shared``
+              (``conv_1.adn.N``), ``stage``, ``shared``
+============  =====================================================  ===============================
+
+The stage output is no default: in DynUNet and BasicUNet every consumer of a stage's output
+is conv → InstanceNorm, which removes a per-channel offset such as DSM's
+(:class:`medattn.blocks.dsm.DSM`); ``@stage`` still places a block there. A DIA unit is
+shared by the layers of a stage and threads its recurrent state through them in execution
+order (DIA paper, section 4.2.1, :func:`medattn.insertion.attach_shared_unit`).
+
+Checkpoints written before the placement language (``attention`` a bare name plus
+``attention_stages``/``attention_kwargs``) meant the stage output; :func:`legacy_placement`
+turns such a configuration into the placement it built, so they load and predict unchanged.
 """
 
 from __future__ import annotations
@@ -35,44 +56,24 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from medattn import insertion
+from medattn import placement as placement_spec
+from medattn.placement import Adapter, Stage
 
 __all__ = [
-    "EncoderStage",
+    "MonaiAdapter",
     "NetworkSpec",
     "NETWORKS",
-    "DIA_KINDS",
     "available",
     "attention_choices",
     "create",
     "dynunet_layout",
     "dynunet_patch_size",
     "encoder_stages",
+    "legacy_placement",
     "network_spec",
     "normalise_attention",
     "size_divisor",
 ]
-
-#: ``attention`` values that build a shared DIA unit, mapped to the unit kind of
-#: :func:`medattn.blocks.dia.create_unit`.
-DIA_KINDS = {"dia": "lstm", "dia_lstm": "lstm", "dia_light": "light", "dia_se": "se", "dia_eca": "eca"}
-
-
-@dataclass(frozen=True)
-class EncoderStage:
-    """One resolution level of a network's contracting path.
-
-    Attributes:
-        name: qualified module name inside the network, e.g. ``"downsamples.0"``.
-        module: that module; its output is the stage's feature map.
-        channels: channels of the stage's output.
-        layers: modules whose outputs a shared DIA unit recalibrates, in execution order.
-    """
-
-    name: str
-    module: nn.Module
-    channels: int
-    layers: tuple[nn.Module, ...]
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,16 @@ class NetworkSpec:
         build: ``build(spatial_dims, in_channels, out_channels, **kwargs) -> (network, kwargs)``,
             returning the MONAI network and the complete constructor kwargs it used (so that
             a checkpoint can rebuild it without the helper arguments).
-        stages: ``stages(network) -> list[EncoderStage]``.
+        stages: ``stages(network) -> list[medattn.placement.Stage]``.
         divisor: ``divisor(network_kwargs, spatial_dims) -> tuple[int, ...]``: per-axis
             factor every input size must be a multiple of.
+        defaults: block -> default position (``"*"``: every other per-feature-map block).
     """
 
     build: Callable[..., tuple[nn.Module, dict[str, Any]]]
-    stages: Callable[[nn.Module], list[EncoderStage]]
+    stages: Callable[[nn.Module], list[Stage]]
     divisor: Callable[[dict[str, Any], int], tuple[int, ...]]
+    defaults: dict[str, str]
 
 
 # ----------------------------------------------------------------------------- DynUNet
@@ -176,14 +179,18 @@ def _build_dynunet(spatial_dims, in_channels, out_channels, *, patch_size=None, 
     return network, kwargs
 
 
-def _dynunet_stages(network) -> list[EncoderStage]:
+def _dynunet_stages(network) -> list[Stage]:
     named = [("input_block", network.input_block)]
     named += [(f"downsamples.{i}", m) for i, m in enumerate(network.downsamples)]
     named.append(("bottleneck", network.bottleneck))
-    return [
-        EncoderStage(name, module, int(network.filters[i]), (module.norm1, module.norm2))
-        for i, (name, module) in enumerate(named)
-    ]
+    stages = []
+    for i, (name, module) in enumerate(named):
+        channels = int(network.filters[i])
+        hosts = {"after_conv1": (module.norm1, channels), "after_conv2": (module.norm2, channels)}
+        if hasattr(module, "conv3") or type(module).__name__ == "UnetResBlock":
+            hosts["before_add"] = (module.norm2, channels)
+        stages.append(Stage(name, module, channels, [hosts], [module.norm1, module.norm2]))
+    return stages
 
 
 def _dynunet_divisor(kwargs, spatial_dims):
@@ -205,20 +212,17 @@ def _build_segresnet(spatial_dims, in_channels, out_channels, **kwargs):
     return network, kwargs
 
 
-def _segresnet_stages(network) -> list[EncoderStage]:
+def _segresnet_stages(network) -> list[Stage]:
     from monai.networks.blocks.segresnet_block import ResBlock
 
     stages = []
     for i, stage in enumerate(network.down_layers):
+        channels = int(network.init_filters * 2**i)
         res_blocks = [m for m in stage if isinstance(m, ResBlock)]
-        stages.append(
-            EncoderStage(
-                f"down_layers.{i}",
-                stage,
-                int(network.init_filters * 2**i),
-                tuple(block.conv2 for block in res_blocks),
-            )
-        )
+        # Pre-activation blocks (norm1, act, conv1, norm2, act, conv2, + x): conv1's norm is norm2.
+        hosts = [{"after_conv1": (b.norm2, channels), "after_conv2": (b.conv2, channels),
+                  "before_add": (b.conv2, channels)} for b in res_blocks]
+        stages.append(Stage(f"down_layers.{i}", stage, channels, hosts, [b.conv2 for b in res_blocks]))
     return stages
 
 
@@ -238,14 +242,18 @@ def _build_basicunet(spatial_dims, in_channels, out_channels, **kwargs):
     return network, kwargs
 
 
-def _basicunet_stages(network) -> list[EncoderStage]:
+def _basicunet_stages(network) -> list[Stage]:
     named = [("conv_0", network.conv_0)] + [(f"down_{i}", getattr(network, f"down_{i}")) for i in range(1, 5)]
     stages = []
     for name, module in named:
         two_conv = module if name == "conv_0" else module.convs
-        stages.append(
-            EncoderStage(name, module, int(two_conv.conv_1.conv.out_channels), (two_conv.conv_0, two_conv.conv_1))
-        )
+        channels = int(two_conv.conv_1.conv.out_channels)
+        hosts = {}
+        for index, conv in enumerate((two_conv.conv_0, two_conv.conv_1)):
+            norm = getattr(getattr(conv, "adn", None), "N", None)
+            if norm is not None:
+                hosts[f"after_conv{index + 1}"] = (norm, int(conv.conv.out_channels))
+        stages.append(Stage(name, module, channels, [hosts], [two_conv.conv_0, two_conv.conv_1]))
     return stages
 
 
@@ -255,10 +263,27 @@ def _basicunet_divisor(kwargs, spatial_dims):
 
 #: Network names accepted by :func:`create`.
 NETWORKS: dict[str, NetworkSpec] = {
-    "dynunet": NetworkSpec(_build_dynunet, _dynunet_stages, _dynunet_divisor),
-    "segresnet": NetworkSpec(_build_segresnet, _segresnet_stages, _segresnet_divisor),
-    "basicunet": NetworkSpec(_build_basicunet, _basicunet_stages, _basicunet_divisor),
+    "dynunet": NetworkSpec(_build_dynunet, _dynunet_stages, _dynunet_divisor, {"*": "after_conv2"}),
+    "segresnet": NetworkSpec(_build_segresnet, _segresnet_stages, _segresnet_divisor,
+                             {"dsm": "after_conv1", "*": "before_add"}),
+    "basicunet": NetworkSpec(_build_basicunet, _basicunet_stages, _basicunet_divisor, {"*": "after_conv2"}),
 }
+
+
+class MonaiAdapter(Adapter):
+    """Placement adapter of one MONAI network family (see the module docstring)."""
+
+    def __init__(self, name: str, spatial_dims: int):
+        self.family = f"MONAI {name}"
+        self.spec = NETWORKS[name]
+        self.defaults = self.spec.defaults
+        self.dims = spatial_dims
+
+    def stages(self, network: nn.Module) -> list[Stage]:
+        return self.spec.stages(network)
+
+    def spatial_dims(self, network: nn.Module) -> int:
+        return self.dims
 
 
 def available() -> list[str]:
@@ -267,10 +292,8 @@ def available() -> list[str]:
 
 
 def attention_choices() -> list[str]:
-    """Values accepted for ``attention``: the block registry's names plus the DIA kinds."""
-    from medattn import blocks
-
-    return sorted(set(blocks.available()) | set(DIA_KINDS))
+    """Block names accepted in ``attention``: the block registry's names plus the DIA units."""
+    return placement_spec.block_names()
 
 
 def network_spec(name: str) -> NetworkSpec:
@@ -289,9 +312,7 @@ def create(
     spatial_dims: int,
     in_channels: int,
     out_channels: int,
-    attention: str | None = None,
-    attention_stages: str | int | Sequence[int] | None = None,
-    attention_kwargs: dict[str, Any] | None = None,
+    attention=None,
     **network_kwargs,
 ) -> nn.Module:
     """Build a MONAI segmentation network and insert attention into its encoder stages.
@@ -301,14 +322,10 @@ def create(
         spatial_dims: 2 for (B, C, H, W) inputs, 3 for (B, C, D, H, W).
         in_channels: input image channels.
         out_channels: output classes (background included).
-        attention: a block name from ``medattn.blocks.available()`` ("dsm", "sna", "se",
-            ...), a DIA kind ("dia" = DIA-LSTM, "dia_light", "dia_se", "dia_eca"), or
-            None / "none" for the plain MONAI network.
-        attention_stages: which encoder stages get attention: "all" (default), "first",
-            "last", an index or a list of indices (negative ones count from the end);
-            see :func:`medattn.insertion.resolve_stage_indices`.
-        attention_kwargs: keyword arguments of the block (``medattn.blocks.create``) or of
-            the DIA unit (``medattn.blocks.dia.create_unit``), e.g. ``{"rd_ratio": 0.25}``.
+        attention: a placement of :mod:`medattn.placement`, as text
+            (``'dsm@after_conv1:0,1{"rd_ratio": 0.25}'``; a bare ``"dsm"`` takes the
+            network's default position, see the module docstring) or a
+            :class:`~medattn.placement.Placement`; None / "none" for the plain network.
         **network_kwargs: MONAI's own constructor arguments of that network (e.g.
             ``filters``, ``res_block`` for DynUNet; ``init_filters``, ``blocks_down`` for
             SegResNet; ``features`` for BasicUNet). DynUNet also takes ``patch_size`` and
@@ -318,45 +335,47 @@ def create(
 
     Returns:
         The MONAI network (e.g. a ``monai.networks.nets.DynUNet`` instance) with the blocks
-        attached. ``network.medattn_config`` holds the arguments that rebuild it
-        (what :func:`medattn.networks.training.save_checkpoint` stores).
+        attached. ``network.medattn_config`` holds the arguments that rebuild it, the
+        placement with its position resolved (what
+        :func:`medattn.networks.training.save_checkpoint` stores).
 
     Raises:
-        ValueError: for an unknown network or attention name, bad stage indices, an
-            unknown block argument, or MONAI's own argument errors.
+        ValueError: for an unknown network, a placement the network cannot take (the
+            message lists its positions), an unknown block argument, MONAI's own argument
+            errors, or the retired ``attention_stages``/``attention_kwargs`` arguments.
 
     Example:
         >>> net = create("dynunet", 3, 1, 3, attention="dsm", patch_size=(40, 56, 40))  # doctest: +SKIP
     """
     from medattn.blocks.registry import check_spatial_dims
 
+    retired = sorted({"attention_stages", "attention_kwargs"} & set(network_kwargs))
+    if retired:
+        raise ValueError(f"{retired} are part of the placement now: attention='dsm:0,1{{\"rd_ratio\": 0.25}}' "
+                         "(BLOCK[@POSITION][:STAGES][{JSON options}], see medattn.placement)")
     spec = network_spec(name)
     check_spatial_dims(spatial_dims)
     for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
-    attention = normalise_attention(attention)
-    attention_kwargs = dict(attention_kwargs or {})
+    placement = normalise_attention(attention)
     network, used_kwargs = spec.build(spatial_dims, in_channels, out_channels, **copy.deepcopy(network_kwargs))
-    if attention is not None:
-        stages = spec.stages(network)
-        indices = insertion.resolve_stage_indices(_plain(attention_stages), len(stages))
-        for index in indices:
-            _attach(network, stages[index], attention, spatial_dims, attention_kwargs)
+    if placement is not None:
+        adapter = MonaiAdapter(name.lower(), spatial_dims)
+        placement = placement_spec.resolve(placement, adapter, network)
+        placement_spec.insert(network, placement, adapter)
     network.medattn_config = {
         "name": name.lower(),
         "spatial_dims": spatial_dims,
         "in_channels": in_channels,
         "out_channels": out_channels,
-        "attention": attention,
-        "attention_stages": _plain(attention_stages),
-        "attention_kwargs": _plain(attention_kwargs),
+        "attention": None if placement is None else placement.to_text(),
         "network_kwargs": used_kwargs,
     }
     return network
 
 
-def encoder_stages(network: nn.Module) -> list[EncoderStage]:
+def encoder_stages(network: nn.Module) -> list[Stage]:
     """The encoder stages of a network built by :func:`create` (or a stock MONAI one).
 
     Raises:
@@ -381,39 +400,29 @@ def size_divisor(name: str, spatial_dims: int, network_kwargs: dict[str, Any]) -
     return network_spec(name).divisor(network_kwargs, spatial_dims)
 
 
-def normalise_attention(attention) -> str | None:
-    """``attention`` in lower case, or None for no attention (None, "", "none").
+def normalise_attention(attention) -> placement_spec.Placement | None:
+    """``attention`` as a :class:`~medattn.placement.Placement`, or None for no attention.
 
     Raises:
-        ValueError: for a name that is neither a registered block nor a DIA kind.
+        ValueError: for anything :func:`medattn.placement.parse` refuses.
     """
-    if attention is None or (isinstance(attention, str) and attention.lower() in ("", "none")):
+    return placement_spec.parse(attention)
+
+
+def legacy_placement(config: dict) -> str | None:
+    """The placement text of a network configuration; configurations written before the
+    placement language (with ``attention_stages``/``attention_kwargs``) placed every block
+    on the stage output and every DIA unit as ``shared``."""
+    if "attention_stages" not in config and "attention_kwargs" not in config:
+        return config.get("attention")
+    block = config.get("attention")
+    if block is None or str(block).lower() in placement_spec.NONE_TEXTS:
         return None
-    if not isinstance(attention, str):
-        raise ValueError(f"attention must be a name or None, got {attention!r}")
-    key = attention.lower()
-    if key in DIA_KINDS:
-        return key
-    from medattn import blocks
-
-    if key not in blocks.available():
-        raise ValueError(f"unknown attention {attention!r}; choose one of {attention_choices()} or None")
-    return key
-
-
-def _attach(network, stage: EncoderStage, attention: str, spatial_dims: int, kwargs: dict) -> None:
-    if attention in DIA_KINDS:
-        from medattn.blocks.dia import create_unit
-
-        unit = create_unit(
-            DIA_KINDS[attention], stage.channels, spatial_dims=spatial_dims, num_blocks=len(stage.layers), **kwargs
-        )
-        insertion.attach_shared_unit(stage.module, stage.layers, unit)
-    else:
-        from medattn import blocks
-
-        block = blocks.create(attention, stage.channels, spatial_dims=spatial_dims, **kwargs)
-        insertion.attach_after(stage.module, block, name="attention")
+    block = placement_spec.canonical_block(block)
+    position = "shared" if block in placement_spec.DIA_UNITS else "stage"
+    stages = config.get("attention_stages")
+    return placement_spec.Placement(block, position, "all" if stages is None else stages,
+                                    config.get("attention_kwargs") or {}).to_text()
 
 
 def _plain(value):

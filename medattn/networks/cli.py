@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from medattn import placement
+
 NETWORK_NAMES = ("dynunet", "segresnet", "basicunet")
 
 _EPILOG = """examples:
@@ -64,13 +66,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
     net = parser.add_argument_group("network")
     net.add_argument("--network", choices=NETWORK_NAMES, default="dynunet", help="MONAI network (default: dynunet)")
-    net.add_argument("--attention", default=None, metavar="NAME",
-                     help="block in the encoder: dsm, sna, se, eca, cbam, gc, or a shared DIA unit: dia "
-                     "(DIA-LSTM), dia_light, dia_se, dia_eca; default: none")
-    net.add_argument("--attention-stages", default=None, type=_stages, metavar="SPEC",
-                     help="encoder stages with attention: all (default), first, last, or indices like 0,1,-1")
-    net.add_argument("--attention-kwargs", default={}, type=_json_object, metavar="JSON",
-                     help="block arguments as JSON, e.g. '{\"rd_ratio\": 0.25}'")
+    net.add_argument("--attention", default=None, type=placement.argument, metavar="SPEC",
+                     help=f"{placement.HELP} (default: none)")
+    for retired in ("--attention-stages", "--attention-kwargs"):  # now part of --attention
+        net.add_argument(retired, default=None, help=argparse.SUPPRESS)
     net.add_argument("--network-kwargs", default={}, type=_json_object, metavar="JSON",
                      help="MONAI constructor arguments as JSON, e.g. '{\"filters\": [32, 64, 128, 256]}'")
 
@@ -104,10 +103,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train_monai(args) -> int:
     from medattn.networks.training import TrainConfig, Trainer
 
+    for flag, value in (("--attention-stages", args.attention_stages), ("--attention-kwargs", args.attention_kwargs)):
+        if value is not None:
+            print(f"medattn train monai: error: {flag} is part of --attention now: "
+                  "--attention 'dsm@after_conv1:0,1{\"rd_ratio\": 0.25}'", file=sys.stderr)
+            return 2
     try:
         config = TrainConfig(
             data=args.data, out=args.out, network=args.network, attention=args.attention,
-            attention_stages=args.attention_stages, attention_kwargs=args.attention_kwargs,
             network_kwargs=args.network_kwargs, epochs=args.epochs, roi=args.roi, spacing=args.spacing,
             batch_size=args.batch_size, samples_per_case=args.samples_per_case, optimizer=args.optimizer,
             lr=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction, val_every=args.val_every,
@@ -160,15 +163,6 @@ def _floats(text: str) -> list[float]:
     if len(values) not in (2, 3) or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected 2 or 3 positive numbers, got {text!r}")
     return values
-
-
-def _stages(text: str):
-    if text in ("all", "first", "last"):
-        return text
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected all, first, last or indices like 0,1,-1, got {text!r}") from None
 
 
 def _json_object(text: str) -> dict:

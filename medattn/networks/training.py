@@ -20,8 +20,11 @@ Python type, so ``torch.load(..., weights_only=True)`` reads it)::
     format          "medattn-monai-checkpoint"
     format_version  1
     network         {"name", "spatial_dims", "in_channels", "out_channels", "attention",
-                     "attention_stages", "attention_kwargs", "network_kwargs"}: the
-                     arguments of medattn.networks.create that rebuild the network
+                     "network_kwargs"}: the arguments of medattn.networks.create that
+                     rebuild the network; "attention" is the placement text with its
+                     position resolved. Checkpoints written before the placement
+                     language have "attention_stages" and "attention_kwargs" too and
+                     meant the stage output (medattn.networks.builders.legacy_placement)
     state_dict      the network's weights
     transforms      {"spacing", "intensity", "roi", "samples_per_case", "ct_window",
                      "axcodes"}: TransformConfig, what the input must look like
@@ -74,7 +77,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "medattn-monai-checkpoint"
 #: TrainConfig fields that define the network; a resumed run keeps the stored values.
-RUN_DEFINING = ("network", "attention", "attention_stages", "attention_kwargs", "network_kwargs")
+RUN_DEFINING = ("network", "attention", "network_kwargs")
 CHECKPOINT_VERSION = 1
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
@@ -87,9 +90,8 @@ class TrainConfig:
         data: dataset folder, nnU-Net raw or MSD layout (:mod:`medattn.networks.data`).
         out: output folder (checkpoints, metrics.csv, config.json).
         network: "dynunet", "segresnet" or "basicunet".
-        attention: block name, DIA kind ("dia", "dia_light", ...) or None for plain.
-        attention_stages: encoder stages that get attention ("all", "first", "last", indices).
-        attention_kwargs: block or DIA-unit arguments.
+        attention: a placement of :mod:`medattn.placement` in its text form
+            (``"dsm"``, ``'dsm@after_conv1:0,1{"rd_ratio": 0.25}'``) or None for plain.
         network_kwargs: MONAI constructor arguments of the network (e.g. ``filters``).
         epochs: total epochs (on resume: the new total).
         roi: patch size in RAS order (x, y, z); None: the median resampled case size
@@ -118,8 +120,6 @@ class TrainConfig:
     out: str
     network: str = "dynunet"
     attention: str | None = None
-    attention_stages: Any = None
-    attention_kwargs: dict = field(default_factory=dict)
     network_kwargs: dict = field(default_factory=dict)
     epochs: int = 100
     roi: list[int] | None = None
@@ -146,7 +146,8 @@ class TrainConfig:
         self.data, self.out = str(self.data), str(self.out)
         builders.network_spec(self.network)
         self.network = self.network.lower()
-        self.attention = builders.normalise_attention(self.attention)
+        placement = builders.normalise_attention(self.attention)
+        self.attention = None if placement is None else placement.to_text()
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "val_every": self.val_every,
                     "sw_batch_size": self.sw_batch_size, "samples_per_case": self.samples_per_case}
         for name, value in positive.items():
@@ -162,7 +163,6 @@ class TrainConfig:
             raise ValueError(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
         if self.limit_cases is not None and self.limit_cases < 2:
             raise ValueError(f"limit_cases must be at least 2, got {self.limit_cases!r}")
-        self.attention_kwargs = dict(self.attention_kwargs or {})
         self.network_kwargs = dict(self.network_kwargs or {})
         if self.roi is not None:
             self.roi = [int(v) for v in self.roi]
@@ -265,9 +265,7 @@ def network_from_config(config: dict) -> torch.nn.Module:
         config["spatial_dims"],
         config["in_channels"],
         config["out_channels"],
-        attention=config["attention"],
-        attention_stages=config["attention_stages"],
-        attention_kwargs=config["attention_kwargs"],
+        attention=builders.legacy_placement(config),
         **config["network_kwargs"],
     )
 
@@ -362,7 +360,7 @@ class Trainer:
             self._log(f"--resume: no {LAST} in {self.out}; starting a new run")
             return None
         state = read_checkpoint(last)
-        stored = state["train_config"]
+        stored = dict(state["train_config"], attention=builders.legacy_placement(state["train_config"]))
         # The stored run defines the network; a value left at its default adopts the
         # stored one, a value given explicitly must agree with it.
         for key in RUN_DEFINING:
@@ -426,8 +424,6 @@ class Trainer:
             len(info.channel_names),
             info.num_classes,
             attention=cfg.attention,
-            attention_stages=cfg.attention_stages,
-            attention_kwargs=cfg.attention_kwargs,
             **self._network_kwargs(transforms.spatial_dims, transforms.roi, transforms.spacing),
         )
         divisor = self._divisor(transforms.spatial_dims, network)

@@ -36,9 +36,12 @@ def get_trainer_class(name: str) -> type[nnUNetTrainerAttention]:
 
 def trainer_table() -> str:
     """A Markdown table: trainer, inserted blocks, schedule, description."""
+    from medattn.nnunet.network import describe
+    from medattn.nnunet.trainer import RetiredTrainer
+
     rows = ["| trainer | inserts | schedule | what it does |", "|---|---|---|---|"]
     for name, cls in trainer_classes().items():
-        plan = cls.attention.describe() if cls.attention else "nothing (stock network)"
+        plan = f"retired: use `{cls.replacement}`" if issubclass(cls, RetiredTrainer) else describe(cls.attention)
         schedule = cls.schedule_name if issubclass(cls, TrainingSchedule) else TrainingSchedule.schedule_name
         summary = " ".join((cls.__doc__ or "").split())
         rows.append(f"| `{name}` | {plan} | {schedule} | {summary} |")

@@ -17,16 +17,21 @@ from __future__ import annotations
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from medattn.nnunet.network import AttentionPlan, build_network
+from medattn.nnunet.network import build_network
 
 
 class nnUNetTrainerAttention(nnUNetTrainer):
     """nnUNetTrainer with the blocks of :attr:`attention` in its encoder.
 
-    Subclasses set :attr:`attention`; with ``None`` the network is the stock one.
+    Subclasses set :attr:`attention`, a placement in the text form of
+    :mod:`medattn.placement` (``"dsm"``, ``"sna@stage"``, ...); with ``None`` the network
+    is the stock one. :attr:`legacy` is ``(placement, trainer)``: what this trainer name
+    placed in medattn < 0.2 when that differs, and the trainer that places it now (the
+    checkpoint check names it).
     """
 
-    attention: AttentionPlan | None = None
+    attention: str | None = None
+    legacy: tuple[str, str | None] | None = None
 
     @classmethod
     def build_network_architecture(
@@ -43,13 +48,33 @@ class nnUNetTrainerAttention(nnUNetTrainer):
             num_input_channels,
             num_output_channels,
             enable_deep_supervision,
-            plan=cls.attention,
+            placement=cls.attention,
+            trainer=cls.__name__,
+            legacy=cls.legacy,
         )
 
     def on_train_start(self):
         if self.attention is not None:
-            self.print_to_log_file(f"medattn attention: {self.attention.describe()}")
+            from medattn.nnunet.network import PLACEMENT_KEY
+
+            network = self.network.module if self.is_ddp else self.network
+            network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+            placed = bytes(getattr(network, PLACEMENT_KEY).tolist()).decode()
+            self.print_to_log_file(f"medattn attention: {placed}")
         super().on_train_start()
+
+
+class RetiredTrainer(nnUNetTrainerAttention):
+    """A trainer name that no longer exists: building its network fails with a message
+    naming the replacement (nnU-Net's own lookup would only say that it is not found)."""
+
+    replacement = "nnUNetTrainerAttention"
+    reason = ""
+
+    @classmethod
+    def build_network_architecture(cls, *args, **kwargs) -> torch.nn.Module:
+        raise ValueError(f"{cls.__name__} was retired in medattn 0.2: {cls.reason} Use {cls.replacement} instead "
+                         "(medattn nnunet list shows every trainer and where it places its blocks)")
 
 
 class TrainingSchedule:

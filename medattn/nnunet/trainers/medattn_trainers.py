@@ -2,96 +2,174 @@
 
 nnU-Net imports every module of this folder as a top-level module and then removes the
 folder from ``sys.path``, so this module imports everything it needs from ``medattn`` at
-module top level and holds nothing but trainer classes. The table of trainers, with what
-each inserts where, is in the README (``medattn nnunet list`` prints it too).
+module top level and holds nothing but trainer classes. ``attention`` is a placement in the
+text form of :mod:`medattn.placement`; a bare block name takes the encoder's default
+position (:mod:`medattn.nnunet.network`: on the plain encoder after the norm of each stage's
+second conv, before the LeakyReLU; on ResEnc inside every residual block). The table of
+trainers, with where each block sits, is in the README (``medattn nnunet list`` prints it).
 """
 
-from medattn.nnunet.network import AttentionPlan
-from medattn.nnunet.trainer import BenchSchedule, DemoSchedule, SmokeSchedule, nnUNetTrainerAttention
+from medattn.nnunet.trainer import (
+    BenchSchedule,
+    DemoSchedule,
+    RetiredTrainer,
+    SmokeSchedule,
+    nnUNetTrainerAttention,
+)
 
 # --- DSM (DSNet, Table 4) ----------------------------------------------------------------
 
 
 class nnUNetTrainerDSM(nnUNetTrainerAttention):
-    """DSM after every encoder stage, reduction 1/16 (DSNet50-B placement)."""
+    """DSM r=1/16 in every stage: plain encoder after the 2nd conv's norm (before the LeakyReLU), ResEnc
+    after conv1 of every residual block (DSNet50-B's position)."""
 
-    attention = AttentionPlan("dsm", stages="all", kwargs={"rd_ratio": 1 / 16})
+    attention = 'dsm{"rd_ratio": 0.0625}'
+    legacy = ('dsm@stage{"rd_ratio": 0.0625}', "nnUNetTrainerDSM_stage")
 
 
 class nnUNetTrainerDSM_A(nnUNetTrainerAttention):
-    """DSM after the last (bottleneck) encoder stage only, reduction 1/2 (DSNet50-A)."""
+    """DSNet50-A's position: DSM r=1/2 after conv2 (its norm, before the nonlinearity) in the last stage only;
+    on ResEnc in every residual block of that stage."""
 
-    attention = AttentionPlan("dsm", stages="last", kwargs={"rd_ratio": 1 / 2})
+    attention = 'dsm@after_conv2:last{"rd_ratio": 0.5}'
+    legacy = ('dsm@stage:last{"rd_ratio": 0.5}', "nnUNetTrainerDSM_A_stage")
+
+
+class nnUNetTrainerDSM_B(nnUNetTrainerAttention):
+    """DSNet50-B's position: DSM r=1/16 after conv1 (its norm, before the nonlinearity) in every stage; on
+    ResEnc in every residual block."""
+
+    attention = 'dsm@after_conv1{"rd_ratio": 0.0625}'
+
+
+class nnUNetTrainerDSM_stage(nnUNetTrainerAttention):
+    """DSM r=1/16 on every stage's output (medattn < 0.2's nnUNetTrainerDSM). The next conv's InstanceNorm
+    removes most of DSM's per-channel offset there."""
+
+    attention = 'dsm@stage{"rd_ratio": 0.0625}'
+
+
+class nnUNetTrainerDSM_A_stage(nnUNetTrainerAttention):
+    """DSM r=1/2 on the last stage's output (medattn < 0.2's nnUNetTrainerDSM_A)."""
+
+    attention = 'dsm@stage:last{"rd_ratio": 0.5}'
 
 
 # --- SNA (parameter-free) ----------------------------------------------------------------
 
 
 class nnUNetTrainerSNA(nnUNetTrainerAttention):
-    """SNA after every encoder stage."""
+    """SNA in every stage: plain encoder after the 2nd conv's norm, ResEnc at the end of every residual branch
+    before the add (the SNA paper's ResNet position)."""
 
-    attention = AttentionPlan("sna", stages="all")
-
-
-class nnUNetTrainerSNA_early(nnUNetTrainerAttention):
-    """SNA once, after the first encoder stage (the SNA paper's default use)."""
-
-    attention = AttentionPlan("sna", stages="first")
+    attention = "sna"
+    legacy = ("sna@stage", "nnUNetTrainerSNA_stage")
 
 
-class nnUNetTrainerSNA_blocks(nnUNetTrainerAttention):
-    """SNA after every conv/residual block of every encoder stage (the paper's optional
-    in-block use)."""
+class nnUNetTrainerSNA_stage(nnUNetTrainerAttention):
+    """SNA on every stage's output (medattn < 0.2's nnUNetTrainerSNA)."""
 
-    attention = AttentionPlan("sna", placement="blocks", stages="all")
+    attention = "sna@stage"
+
+
+class nnUNetTrainerSNA_stage_first(nnUNetTrainerAttention):
+    """SNA once, on the first stage's output (medattn < 0.2's nnUNetTrainerSNA_early)."""
+
+    attention = "sna@stage:first"
+
+
+class nnUNetTrainerSNA_early(RetiredTrainer):
+    """Retired: SNA on the first stage's output is nnUNetTrainerSNA_stage_first."""
+
+    replacement = "nnUNetTrainerSNA_stage_first"
+    reason = "the name did not say that SNA sat on the stage output."
+
+
+class nnUNetTrainerSNA_blocks(RetiredTrainer):
+    """Retired: SNA after every conv layer's nonlinearity is not a position of the placement language."""
+
+    replacement = "nnUNetTrainerSNA"
+    reason = "SNA after every conv layer's nonlinearity is not a position of the placement language."
 
 
 # --- DIA (one shared unit per stage) -----------------------------------------------------
 
 
 class nnUNetTrainerDIA(nnUNetTrainerAttention):
-    """One DIA-LSTM unit per encoder stage, shared by the stage's blocks."""
+    """One DIA-LSTM unit per stage, shared by its blocks: ResEnc branch ends before the add, plain encoder
+    every conv layer's output."""
 
-    attention = AttentionPlan("lstm", placement="shared", stages="all")
+    attention = "dia"
 
 
 class nnUNetTrainerDIALight(nnUNetTrainerAttention):
-    """One DIA-LSTM (light, "IE" transforms) unit per encoder stage."""
+    """One DIA-LSTM (Light) unit per stage, shared as in nnUNetTrainerDIA."""
 
-    attention = AttentionPlan("light", placement="shared", stages="all")
+    attention = "dia_light"
 
 
 class nnUNetTrainerDIASE(nnUNetTrainerAttention):
-    """One SE unit per encoder stage shared by its blocks (DIA with SE, norms per block)."""
+    """One SE unit per stage shared by its blocks (DIA with SE, norms per block), as in nnUNetTrainerDIA."""
 
-    attention = AttentionPlan("se", placement="shared", stages="all")
+    attention = "dia_se"
 
 
 # --- Baselines the papers compare against ------------------------------------------------
 
 
 class nnUNetTrainerSE(nnUNetTrainerAttention):
-    """SE after every encoder stage."""
+    """SE in every stage: plain encoder after the 2nd conv's norm, ResEnc before every residual add (SENet)."""
 
-    attention = AttentionPlan("se", stages="all")
+    attention = "se"
+    legacy = ("se@stage", "nnUNetTrainerSE_stage")
+
+
+class nnUNetTrainerSE_stage(nnUNetTrainerAttention):
+    """SE on every stage's output (medattn < 0.2's nnUNetTrainerSE)."""
+
+    attention = "se@stage"
 
 
 class nnUNetTrainerECA(nnUNetTrainerAttention):
-    """ECA after every encoder stage."""
+    """ECA in every stage: plain encoder after the 2nd conv's norm, ResEnc before every residual add."""
 
-    attention = AttentionPlan("eca", stages="all")
+    attention = "eca"
+    legacy = ("eca@stage", "nnUNetTrainerECA_stage")
+
+
+class nnUNetTrainerECA_stage(nnUNetTrainerAttention):
+    """ECA on every stage's output (medattn < 0.2's nnUNetTrainerECA)."""
+
+    attention = "eca@stage"
 
 
 class nnUNetTrainerCBAM(nnUNetTrainerAttention):
-    """CBAM after every encoder stage."""
+    """CBAM in every stage: plain encoder after the 2nd conv's norm, ResEnc before every residual add."""
 
-    attention = AttentionPlan("cbam", stages="all")
+    attention = "cbam"
+    legacy = ("cbam@stage", "nnUNetTrainerCBAM_stage")
+
+
+class nnUNetTrainerCBAM_stage(nnUNetTrainerAttention):
+    """CBAM on every stage's output (medattn < 0.2's nnUNetTrainerCBAM)."""
+
+    attention = "cbam@stage"
 
 
 class nnUNetTrainerGC(nnUNetTrainerAttention):
-    """Global context (GCNet) after every encoder stage."""
+    """Global context (GCNet) in every stage: plain encoder after the 2nd conv's norm, ResEnc before every
+    residual add (GCNet's position)."""
 
-    attention = AttentionPlan("gc", stages="all")
+    attention = "gc"
+    legacy = ("gc@stage", "nnUNetTrainerGC_stage")
+
+
+class nnUNetTrainerGC_stage(nnUNetTrainerAttention):
+    """Global context on every stage's output (medattn < 0.2's nnUNetTrainerGC); InstanceNorm removes most
+    of its additive context there."""
+
+    attention = "gc@stage"
 
 
 # --- Smoke variants: 1 epoch of 2 iterations, 1 validation iteration ---------------------
