@@ -450,8 +450,6 @@ def test_shared_attention_state_is_the_block_index():
 @pytest.mark.parametrize("name, kwargs", [("se", {"rd_ratio": 1 / 4}), ("eca", {})])
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_se_and_eca_shared_across_a_stage(name, kwargs, spatial_dims):
-    if name not in available():
-        pytest.skip(f"{name!r} is not registered yet (medattn.blocks.classic)")
     torch.manual_seed(6)
     unit = create_unit(name, 16, spatial_dims=spatial_dims, num_blocks=4, **kwargs)
     single = create(name, 16, spatial_dims=spatial_dims, **kwargs)
@@ -467,8 +465,6 @@ def test_se_and_eca_shared_across_a_stage(name, kwargs, spatial_dims):
 
 
 def test_classic_block_with_custom_layer_norm_keeps_it_per_block():
-    if "gc" not in available():
-        pytest.skip("'gc' is not registered yet (medattn.blocks.classic)")
     unit = SharedAttentionUnit("gc", 16, 2)
     norms = [[m for m in block.modules() if type(m).__name__.endswith("Norm")] for block in unit.blocks]
     assert norms[0] and norms[1] and norms[0][0] is not norms[1][0]

@@ -14,15 +14,15 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from medattn.nnunet.network import AttentionPlan, insert_attention
+from medattn.nnunet.network import insert_attention
 
-PLANS = [
-    AttentionPlan("dsm", stages=[0]),
-    AttentionPlan("sna", stages=[1]),
-    AttentionPlan("gc", stages=[2]),
-    AttentionPlan("cbam", stages=[3]),
-    AttentionPlan("se", placement="blocks", stages=[0, 1]),
-    AttentionPlan("eca", placement="blocks", stages=[2, 3]),
+PLACEMENTS = [
+    "dsm@after_conv2:0",
+    "sna@stage:1",
+    "gc@after_conv2:2",
+    "cbam@stage:3",
+    "se@after_conv1:0,1",
+    "eca@after_conv1:2,3",
 ]
 
 
@@ -35,9 +35,9 @@ def build_network() -> nn.Module:
         norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
         deep_supervision=True,
     )
-    for plan in PLANS:
-        insert_attention(network, plan)
-    insert_attention(network, AttentionPlan("lstm", placement="shared", stages="all"))
+    for placement in PLACEMENTS:
+        insert_attention(network, placement)
+    insert_attention(network, "dia")
     return network
 
 

@@ -247,9 +247,8 @@ def test_real_ct_as_one_case_btcv(shared_data, tmp_path):
 
 @pytest.mark.parametrize("labels", [8, 13])
 def test_evaluate_labels_file_is_read_by_medattn_evaluate(tmp_path, labels):
-    evaluation = pytest.importorskip("medattn.evaluation.labels")
-    if not hasattr(evaluation, "parse_label_map"):
-        pytest.skip("medattn.evaluation.labels.parse_label_map is not available yet")
+    from medattn.evaluation import labels as evaluation
+
     names_out, _ = synapse.label_scheme(labels)
     path = synapse.write_evaluate_labels(tmp_path, names_out)
     label_map = evaluation.parse_label_map(path)
