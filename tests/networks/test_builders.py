@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from medattn import blocks, insertion
+from medattn import blocks, insertion, placement
 from medattn.networks import builders
-from medattn.networks.builders import DIA_KINDS, create, dynunet_layout, encoder_stages
+from medattn.networks.builders import create, dynunet_layout, encoder_stages
 from medattn.networks.training import deep_supervision_loss
 
 NETWORKS = ("dynunet", "segresnet", "basicunet")
-#: Every per-feature-map block plus every DIA unit kind ("dia_lstm" is an alias of "dia").
-ATTENTIONS = blocks.available() + sorted(k for k in DIA_KINDS if k != "dia_lstm")
+#: Every per-feature-map block plus every DIA unit, in their one spelling.
+ATTENTIONS = placement.block_names()
+DIA_UNITS = set(placement.DIA_UNITS)
 #: Input size per network; BasicUNet pools four times and instance-normalises its 1/16 map,
 #: which needs more than one voxel, hence one axis of 32.
 SIZE = {"dynunet": 16, "segresnet": 16, "basicunet": 16}
@@ -58,14 +59,17 @@ def test_forward_backward(name, attention, spatial_dims):
     torch.manual_seed(0)
     network = tiny(name, spatial_dims, attention)
     attached = insertion.attached_blocks(network)
-    assert len(attached) == len(encoder_stages(network))
+    stages = encoder_stages(network)
+    position = network.medattn_config["attention"].split("@")[1]
+    hosts = [b for stage in stages for b in stage.blocks if position in b]
+    assert len(attached) == (len(stages) if attention in DIA_UNITS else len(hosts))
     calls = []
     for block in attached.values():
         block.register_forward_hook(lambda module, args, output: calls.append(module))
     x = make_input(name, spatial_dims)
     output = network(x)
-    n_layers = sum(len(stage.layers) for stage in encoder_stages(network))
-    assert len(calls) == (n_layers if attention in DIA_KINDS else len(attached))
+    n_layers = sum(len(stage.unit_hosts) for stage in stages)
+    assert len(calls) == (n_layers if attention in DIA_UNITS else len(attached))
 
     expected = (1, 3, *x.shape[2:])
     if name == "dynunet":  # training mode with deep supervision: heads stacked on dim 1
@@ -128,7 +132,7 @@ class _Spy(nn.Module):
 def test_blocks_receive_each_encoder_stage_output(name, spatial_dims, monkeypatch):
     """Each block sees exactly the output of the MONAI module the docs call that stage."""
     monkeypatch.setattr(blocks, "create", lambda block, channels, spatial_dims=2, **kw: _Spy(channels))
-    network = tiny(name, spatial_dims, attention="se").eval()
+    network = tiny(name, spatial_dims, attention="se@stage").eval()
     plain = plain_twin(network).eval()
     reference = {}
     for stage in encoder_stages(plain):
@@ -168,28 +172,69 @@ def test_dia_unit_state_threads_through_the_layers_of_each_stage(name, monkeypat
     stages = encoder_stages(network)
     expected = []
     for stage in stages:
-        expected += [(stage.channels, None if step == 0 else step - 1) for step in range(len(stage.layers))]
+        expected += [(stage.channels, None if step == 0 else step - 1) for step in range(len(stage.unit_hosts))]
     for _ in range(2):  # the state must restart on every forward call
         log.clear()
         network(x)
         assert log == expected
 
 
-def test_attention_stages_selects_stages():
-    assert len(insertion.attached_blocks(tiny("segresnet", attention="se", attention_stages="last"))) == 1
-    network = tiny("dynunet", attention="se", attention_stages=[0, -1])
+def test_placement_stages_select_stages():
+    assert len(insertion.attached_blocks(tiny("segresnet", attention="se@stage:last"))) == 1
+    network = tiny("dynunet", attention="se@stage:0,-1")
     assert sorted(insertion.attached_blocks(network)) == ["bottleneck.attention", "input_block.attention"]
     with pytest.raises(ValueError, match="out of range"):
-        tiny("dynunet", attention="se", attention_stages=[7])
+        tiny("dynunet", attention="se:7")
+
+
+#: Where a bare block name sits, written from the module docstring's table (not from the
+#: adapter): the MONAI module whose output the block receives, per stage.
+DEFAULT_HOSTS = {
+    ("dynunet", "se"): ["input_block.norm2", "downsamples.0.norm2", "bottleneck.norm2"],
+    ("dynunet", "dsm"): ["input_block.norm2", "downsamples.0.norm2", "bottleneck.norm2"],
+    ("basicunet", "se"): ["conv_0.conv_1.adn.N"] + [f"down_{i}.convs.conv_1.adn.N" for i in range(1, 5)],
+    ("segresnet", "se"): ["down_layers.0.1.conv2", "down_layers.1.1.conv2", "down_layers.1.2.conv2",
+                          "down_layers.2.1.conv2", "down_layers.2.2.conv2"],
+    ("segresnet", "dsm"): ["down_layers.0.1.norm2", "down_layers.1.1.norm2", "down_layers.1.2.norm2",
+                           "down_layers.2.1.norm2", "down_layers.2.2.norm2"],
+}
+
+
+@pytest.mark.parametrize(("name", "block"), sorted(DEFAULT_HOSTS))
+def test_default_positions_receive_the_documented_modules_outputs(name, block, monkeypatch):
+    """A bare block name sits after the documented norm (or residual branch end), before
+    the nonlinearity: each block sees exactly that module's output of the plain network."""
+    monkeypatch.setattr(blocks, "create", lambda block, channels, spatial_dims=2, **kw: _Spy(channels))
+    network = tiny(name, 3, attention=block).eval()
+    plain = plain_twin(network).eval()
+    modules = dict(plain.named_modules())
+    reference = {}
+    for host in DEFAULT_HOSTS[(name, block)]:
+        # The hook must return None: a returned value would replace the module's output,
+        # and the in-place activation that follows would then change the recorded copy.
+        modules[host].register_forward_hook(lambda m, a, out, key=host: reference.update({key: out.clone()}))
+    x = make_input(name, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), plain(x))
+    spies = {key.removesuffix(".attention").removesuffix(".conv"): spy
+             for key, spy in insertion.attached_blocks(network).items()}
+    assert sorted(spies) == sorted(DEFAULT_HOSTS[(name, block)])
+    for host, spy in spies.items():
+        assert len(spy.seen) == 1
+        torch.testing.assert_close(spy.seen[0], reference[host])
 
 
 def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="unknown network 'unet3000'"):
         create("unet3000", 3, 1, 2)
-    with pytest.raises(ValueError, match="unknown attention 'nope'"):
+    with pytest.raises(ValueError, match="unknown block 'nope'"):
         tiny("dynunet", attention="nope")
     with pytest.raises(ValueError, match="rd_ration"):
-        tiny("dynunet", attention="se", attention_kwargs={"rd_ration": 0.5})
+        tiny("dynunet", attention='se{"rd_ration": 0.5}')
+    with pytest.raises(ValueError, match="part of the placement now"):
+        tiny("dynunet", attention="se", attention_kwargs={"rd_ratio": 0.5})
+    with pytest.raises(ValueError, match=r"no position 'before_add'; it has \['stage', 'after_conv1', 'after_conv2', 'shared'\]"):
+        tiny("basicunet", attention="sna@before_add")
     with pytest.raises(ValueError, match="spatial_dims"):
         create("segresnet", 4, 1, 2)
     with pytest.raises(ValueError, match="out_channels"):

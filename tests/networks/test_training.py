@@ -48,8 +48,13 @@ def test_help_has_description_and_example(capsys):
 def test_bad_input_is_reported_not_raised(tmp_path, phantom, capsys):
     assert main(train_argv(tmp_path / "missing", tmp_path / "out")) == 2
     assert "dataset.json" in capsys.readouterr().err
-    assert main(train_argv(phantom, tmp_path / "out", "--attention", "nope")) == 2
-    assert "unknown attention 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage_error:  # a malformed placement is a usage error
+        main(train_argv(phantom, tmp_path / "out", "--attention", "nope"))
+    assert usage_error.value.code == 2 and "unknown block 'nope'" in capsys.readouterr().err
+    assert main(train_argv(phantom, tmp_path / "out", "--network", "basicunet", "--attention", "sna@before_add")) == 2
+    assert "no position 'before_add'; it has ['stage', 'after_conv1', 'after_conv2', 'shared']" in capsys.readouterr().err
+    assert main(train_argv(phantom, tmp_path / "out", "--attention", "se", "--attention-stages", "0")) == 2
+    assert "--attention-stages is part of --attention now" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(train_argv(phantom, tmp_path / "out", "--roi", "32,x,16"))
     with pytest.raises(SystemExit):
@@ -102,7 +107,7 @@ def test_checkpoint_round_trip(tmp_path):
     network = _tiny_checkpoint(tmp_path / "ckpt.pt").eval()
     loaded, config = load_checkpoint(tmp_path / "ckpt.pt")
     assert type(loaded) is type(network) and not loaded.training
-    assert config["network"]["attention"] == "dia_light" and config["epoch"] == 3
+    assert config["network"]["attention"] == "dia_light@shared" and config["epoch"] == 3
     assert config["transforms"]["roi"] == [32, 32, 16] and config["labels"][2] == "b"
     assert "state_dict" not in config
     assert sorted(insertion.attached_blocks(loaded)) == sorted(insertion.attached_blocks(network))
@@ -112,6 +117,38 @@ def test_checkpoint_round_trip(tmp_path):
     # Plain weights_only loading works: the file holds tensors and plain Python values only.
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["format"] == training.CHECKPOINT_FORMAT
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("old_network, placement", [
+    ({"attention": "dsm", "attention_stages": [0, -1], "attention_kwargs": {"rd_ratio": 0.25}},
+     'dsm@stage:0,-1{"rd_ratio": 0.25}'),
+    ({"attention": "dia_lstm", "attention_stages": None, "attention_kwargs": {}}, "dia@shared"),
+    ({"attention": "sna", "attention_stages": "last", "attention_kwargs": {}}, "sna@stage:last"),
+])
+def test_a_checkpoint_in_the_format_before_placements_loads_and_predicts_the_same(tmp_path, old_network, placement):
+    """medattn < 0.2 wrote ``attention`` as a bare name with ``attention_stages`` and
+    ``attention_kwargs`` and put every block on the stage output; such a file must rebuild
+    the same network with the same keys."""
+    torch.manual_seed(3)
+    network = create("dynunet", 3, 1, 4, attention=placement, filters=[4, 8, 16, 32], patch_size=[32, 32, 16])
+    with torch.no_grad():  # non-identity blocks, so that a misplaced block would change the output
+        for name, parameter in network.named_parameters():
+            if name.endswith("gamma"):
+                parameter.normal_()
+    old_config = {k: v for k, v in network.medattn_config.items() if k != "attention"} | old_network
+    state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    if old_network["attention"] == "dsm":  # the stage-output layout of medattn < 0.2
+        assert {"input_block.attention.gamma", "bottleneck.attention.gamma"} <= set(state)
+    checkpoint = {"format": training.CHECKPOINT_FORMAT, "format_version": 1, "network": old_config,
+                  "state_dict": state, "transforms": TransformConfig(spacing=[1.0, 1.0, 1.0], intensity="zscore",
+                                                                     roi=[32, 32, 16]).to_dict(),
+                  "labels": {0: "background", 1: "a", 2: "b", 3: "c"}, "channel_names": ["MRI"], "epoch": 1}
+    torch.save(checkpoint, tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.medattn_config["attention"] == placement
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), network.eval()(x))
 
 
 def test_bad_checkpoints_are_named(tmp_path):
