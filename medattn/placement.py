@@ -208,6 +208,13 @@ class Placement:
 
     __str__ = to_text
 
+    def slug(self) -> str:
+        """A file-name-safe form of the text, for run folders: ``dsm@stage:last{"rd_ratio": 0.5}``
+        becomes ``dsm-stage-last-rd_ratio_0.5``."""
+        import re
+
+        return re.sub(r"[^A-Za-z0-9_.]+", "-", re.sub(r'"\s*:\s*', "_", self.to_text())).strip("-")
+
     def describe(self) -> str:
         """One line for logs: the text form (positions resolved by the caller)."""
         return self.to_text()

@@ -28,9 +28,10 @@ Stages (batch 2 by default):
   32 x 128^3, 64 x 64^3, 128 x 32^3, 256 x 16^3, 320 x 8^3 and 320 x 4^3 for a 128^3
   patch.
 
-A per-feature-map block (cbam, dsm, eca, gc, se, sna; ``name:key=value`` picks options,
-e.g. ``dsm:rd_ratio=0.5``) is measured alone on the stage's output shape. A DIA unit
-(``dia-lstm``, ``dia-light``, ``dia-se``, ``dia-eca``) is shared by the stage's blocks
+Blocks are written as placements (medattn.placement) without position or stages:
+a per-feature-map block (cbam, dsm, eca, gc, se, sna; JSON options, e.g.
+``dsm{"rd_ratio": 0.5}``) is measured alone on the stage's output shape. A DIA unit
+(``dia``, ``dia_light``, ``dia_se``, ``dia_eca``) is shared by the stage's blocks
 (the residual branch of each bottleneck, each conv block of an nnU-Net stage) through
 medattn.insertion.attach_shared_unit, and the stage with the unit is timed against the
 same stage without it.
@@ -39,14 +40,15 @@ Also measured: SNA's power iteration (medattn.blocks.sna.top_singular_triplets) 
 torch.linalg.svd on the channel-mean maps the SNA block sees at each stage (Gaussian
 maps, the hard case, and the stage's own output), time and error (relative error of the
 top singular value and angle of the singular vectors, against float64 SVD); and, with
-2D, whole ResNet-50 networks with the papers' placements (DSNet50-A/-B, SE, SNA,
-DIA-LSTM) against the stock network, for comparison with the papers' overhead figures.
+2D, whole ResNet-50 networks built by medattn.images (the presets dsnet50_a, dsnet50_b,
+se_resnet50, sna_resnet50, and resnet50 with one DIA unit per stage) against the stock
+network, for comparison with the papers' overhead figures.
 
 examples:
   medattn bench blocks                                   # everything, as in docs/benchmarks.md
   medattn bench blocks --quick                           # tiny shapes, one round: a smoke test
-  medattn bench blocks --dims 3 --stages-3d 1 2 3 4 5 --repeats 3 --blocks dsm sna dia-lstm
-  medattn bench blocks --dims 2 --blocks se "dsm:rd_ratio=0.5" --json blocks.json --markdown blocks.md
+  medattn bench blocks --dims 3 --stages-3d 1 2 3 4 5 --repeats 3 --blocks dsm sna dia
+  medattn bench blocks --dims 2 --blocks se 'dsm{"rd_ratio": 0.5}' --json blocks.json --markdown blocks.md
 """
 
 from __future__ import annotations
@@ -64,9 +66,8 @@ DESCRIPTION = "cost of each attention block (params, FLOPs, latency, memory) bes
 NNUNET_FEATURES = (32, 64, 128, 256, 320, 320)
 #: Bottleneck blocks per stage of ResNet-50 (torchvision's layer1..layer4).
 RESNET50_BLOCKS = (3, 4, 6, 3)
-#: Per-feature-map blocks and DIA units measured by default; "dsm:rd_ratio=0.5" is DSNet50-A's ratio.
-DEFAULT_BLOCKS = ("cbam", "dsm", "dsm:rd_ratio=0.5", "eca", "gc", "se", "sna", "dia-lstm", "dia-light")
-DIA_PREFIX = "dia-"
+#: Per-feature-map blocks and DIA units measured by default; rd_ratio 0.5 is DSNet50-A's ratio.
+DEFAULT_BLOCKS = ("cbam", "dsm", 'dsm{"rd_ratio": 0.5}', "eca", "gc", "se", "sna", "dia", "dia_light")
 #: Solver calls shorter than this are repeated within one timing sample.
 SHORT_STEP_S = 0.02
 #: What the papers report for the network variants of :func:`resnet50_variants` (checked
@@ -74,9 +75,9 @@ SHORT_STEP_S = 0.02
 PAPER_ANCHORS = {
     "+ SE": "SNA paper Tab. 2 (ResNet-50, ImageNet): 26.79M vs 24.38M params (+9.9%), FLOPs equal",
     "+ SNA": "SNA paper Tab. 1 (ResNet-18, CIFAR-100): no params, FLOPs equal, 217 vs 225 FPS (-3.6%)",
-    "+ DSM (DSNet50-A)": "DSNet Tab. 7: 27.37M vs 25.56M params (+7.1%), 4.357 vs 4.109 GFLOPs (+6.0%); "
-    "Tab. 5 (Synapse): +4.1% FLOPs",
-    "+ DSM (DSNet50-B)": "DSNet Tab. 7: 29.11M params (+13.9%), 4.208 GFLOPs (+2.4%)",
+    "+ DSM (DSNet50-A)": "DSNet Tabs. 5/6/8: +3.54/+3.55/+3.552M params; Tab. 5 (Synapse): +4.1% FLOPs "
+    "(Tab. 7 swaps the A and B rows)",
+    "+ DSM (DSNet50-B)": "DSNet Tabs. 5/6/8: +1.81/+1.82/+1.815M params; Tab. 5 (Synapse): +3.3% FLOPs",
     "+ DIA-LSTM": "DIA Sec. 7.3.1 (ResNet164, CIFAR): inference about 12% slower",
     "+ DIA-LSTM (Light)": "DIA Sec. 7.3.1 (ResNet164, CIFAR): inference about 1% slower",
 }
@@ -87,9 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", type=int, nargs="+", choices=(2, 3), default=[2, 3],
                         help="which stage families to run: 2 (ResNet-50) and/or 3 (nnU-Net) (default: 2 3)")
     parser.add_argument("--blocks", nargs="+", default=list(DEFAULT_BLOCKS), metavar="BLOCK",
-                        help="blocks to measure: registry names (cbam dsm eca gc se sna), optionally with "
-                        "options as NAME:KEY=VALUE[,KEY=VALUE], and DIA units dia-lstm dia-light dia-se "
-                        f"dia-eca (default: {' '.join(DEFAULT_BLOCKS)})")
+                        help="blocks to measure, as placements without position or stages: cbam dsm eca gc se "
+                        "sna, with JSON options as in 'dsm{\"rd_ratio\": 0.5}', and the DIA units dia dia_light "
+                        f"dia_se dia_eca (default: {' '.join(DEFAULT_BLOCKS)})")
     parser.add_argument("--stages-2d", type=int, nargs="+", metavar="I",
                         help="ResNet-50 stage indices 0-3 (layer1..layer4; default: all, --quick: 0 1)")
     parser.add_argument("--stages-3d", type=int, nargs="+", metavar="I",
@@ -154,38 +155,25 @@ class StageSpec:
 
 
 def parse_block_spec(text: str) -> BlockSpec:
-    """Parse ``NAME[:KEY=VALUE[,KEY=VALUE...]]`` (values are Python literals, else strings).
+    """Read one ``--blocks`` entry in the placement text form (:mod:`medattn.placement`):
+    ``BLOCK[{JSON options}]``, e.g. ``dsm{"rd_ratio": 0.5}`` or ``dia_light``.
 
     Raises:
-        ValueError: for an unknown block or unit name or a malformed option, naming it.
+        ValueError: for what the placement parser refuses, and for a position or stages,
+            which mean nothing for a block measured beside one stage.
     """
-    import ast
+    from medattn import placement
 
-    from medattn import blocks
-    from medattn.blocks import dia
-
-    name, _, options = text.partition(":")
-    name = name.strip().lower()
-    kwargs = {}
-    for item in filter(None, (part.strip() for part in options.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"block option {item!r} in {text!r} is not KEY=VALUE")
-        try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value.strip()
-    if name.startswith(DIA_PREFIX):
-        kind = name[len(DIA_PREFIX):]
-        if kind not in dia.unit_kinds():
-            raise ValueError(f"unknown DIA unit {name!r}; choose one of {[DIA_PREFIX + k for k in dia.unit_kinds()]}")
-        return BlockSpec(text.strip(), kind, "dia", kwargs)
-    if name not in blocks.available():
-        raise ValueError(
-            f"unknown block {name!r}; choose one of {blocks.available()} or "
-            f"{[DIA_PREFIX + k for k in dia.unit_kinds()]}"
-        )
-    return BlockSpec(text.strip(), name, "block", kwargs)
+    spec = placement.parse(text)
+    if spec is None:
+        raise ValueError(f"--blocks {text!r}: name a block, not 'none' (the stage itself is always measured)")
+    if spec.position is not None or spec.stages != "all":
+        raise ValueError(f"--blocks {text!r}: a block is measured beside one stage, so it takes no @position or "
+                         f":stages; give {spec.block + (placement.Placement(spec.block, options=spec.options).to_text()[len(spec.block):])!r}")
+    label = spec.to_text()
+    if spec.is_unit:
+        return BlockSpec(label, spec.unit_kind, "dia", dict(spec.options))
+    return BlockSpec(label, spec.block, "block", dict(spec.options))
 
 
 def resnet50_stages(image_size: int, indices) -> list[StageSpec]:
@@ -300,10 +288,15 @@ def build_stage(spec: StageSpec):
 
 
 def block_outputs(spec: StageSpec, stage) -> list:
-    """The modules whose outputs a shared DIA unit recalibrates: the ``bn3`` of each
-    bottleneck (the residual branch's end, before the residual add, as in the DIA paper),
-    or each ConvDropoutNormReLU block of an nnU-Net stage (a plain stage has no branch)."""
-    return [bottleneck.bn3 for bottleneck in stage] if spec.family == "resnet50" else list(stage.convs)
+    """The modules whose outputs a shared DIA unit recalibrates, as the placement adapters
+    define them: the ``before_add`` host of each bottleneck (``bn3``, the residual branch's
+    end, as in the DIA paper), or each ConvDropoutNormReLU layer of an nnU-Net stage (a plain
+    stage has no branch)."""
+    if spec.family == "resnet50":
+        from medattn.images.resnets import block_hosts
+
+        return [block_hosts(bottleneck)["before_add"][0] for bottleneck in stage]
+    return list(stage.convs)
 
 
 def build_dia_stage(spec: StageSpec, stage, block: BlockSpec):
@@ -326,49 +319,32 @@ def build_block(spec: StageSpec, block: BlockSpec):
     return blocks.create(block.name, spec.out_shape[0], spatial_dims=spec.dims, **block.kwargs)
 
 
+#: The whole-network rows: (label, preset of medattn.images, placement added to a stock preset).
+NETWORK_ROWS = (
+    ("ResNet-50", "resnet50", None),
+    ("+ SE", "se_resnet50", None),
+    ("+ SNA", "sna_resnet50", None),
+    ("+ DSM (DSNet50-A)", "dsnet50_a", None),
+    ("+ DSM (DSNet50-B)", "dsnet50_b", None),
+    ("+ DIA-LSTM", "resnet50", "dia"),
+    ("+ DIA-LSTM (Light)", "resnet50", "dia_light"),
+)
+
+
 def resnet50_variants() -> dict:
-    """ResNet-50 with the placements of the papers, by label: ``label -> (builder, placement)``.
+    """ResNet-50 with the papers' placements, by label: ``label -> (builder, placement)``.
 
-    Each builder returns a fresh ``torchvision.models.resnet50`` with blocks attached through
-    :mod:`medattn.insertion` (stock weights and keys unchanged).
+    Each builder returns a fresh network from :func:`medattn.images.create`, the networks
+    users build (stock torchvision ResNet-50, blocks attached through the placement spec).
     """
-    return {
-        "ResNet-50": (lambda: _resnet50(), "stock torchvision network"),
-        "+ SE": (lambda: _resnet50(per_bottleneck=("bn3", "se", {})), "SE after bn3 of every bottleneck (SENet)"),
-        "+ SNA": (lambda: _resnet50(per_bottleneck=("bn3", "sna", {})), "SNA after bn3 of every bottleneck"),
-        "+ DSM (DSNet50-A)": (
-            lambda: _resnet50(per_bottleneck=("conv2", "dsm", {"rd_ratio": 1 / 2}), layers=(3,)),
-            "DSM r=2 after conv2, bottlenecks of layer4 (DSNet Table 4)",
-        ),
-        "+ DSM (DSNet50-B)": (
-            lambda: _resnet50(per_bottleneck=("conv1", "dsm", {"rd_ratio": 1 / 16})),
-            "DSM r=16 after conv1 of every bottleneck (DSNet Table 4)",
-        ),
-        "+ DIA-LSTM": (lambda: _resnet50(dia="lstm"), "one DIA-LSTM unit per stage on the residual branches"),
-        "+ DIA-LSTM (Light)": (lambda: _resnet50(dia="light"), "one light DIA-LSTM unit per stage"),
-    }
+    from medattn import images
 
-
-def _resnet50(per_bottleneck=None, layers=(0, 1, 2, 3), dia=None):
-    from torchvision.models import resnet50
-
-    from medattn import blocks
-    from medattn.blocks.dia import create_unit
-    from medattn.insertion import attach_after, attach_shared_unit
-
-    network = resnet50(weights=None)
-    for index in layers:
-        layer = getattr(network, f"layer{index + 1}")
-        if per_bottleneck is not None:
-            host_name, block_name, kwargs = per_bottleneck
-            for bottleneck in layer:
-                host = getattr(bottleneck, host_name)
-                attach_after(host, blocks.create(block_name, host.out_channels if hasattr(host, "out_channels")
-                                                 else host.num_features, spatial_dims=2, **kwargs))
-        if dia is not None:
-            unit = create_unit(dia, layer[-1].bn3.num_features, spatial_dims=2, num_blocks=len(layer))
-            attach_shared_unit(layer, [b.bn3 for b in layer], unit)
-    return network
+    variants = {}
+    for label, preset, attention in NETWORK_ROWS:
+        placed = attention or images.preset(preset).attention
+        description = f"preset {preset}" + (f" + {attention}" if attention else "") + (f": {placed}" if placed else "")
+        variants[label] = (lambda p=preset, a=attention: images.create(p, num_classes=1000, attention=a), description)
+    return variants
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MSD Task04 folder (default: ../shared/data/Task04_Hippocampus)")
     parser.add_argument("--work", default="bench_monai_work",
                         help="folder for runs, predictions and reports (default: ./bench_monai_work)")
-    parser.add_argument("--attention", nargs="+", default=["dsm"],
-                        help="attention variants compared with plain (default: dsm)")
+    parser.add_argument("--attention", nargs="+", default=["dsm"], metavar="SPEC",
+                        help="attention variants compared with plain, each a placement "
+                        "BLOCK[@POSITION][:STAGES][{JSON}] (default: dsm)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (default: 6)")
     parser.add_argument("--limit-cases", type=int, default=40,
                         help="cases used, sorted by id, 20%% held out (default: 40; all: 208)")
@@ -68,7 +69,13 @@ def run(args) -> int:
     info = discover_dataset(data)
     filters = [int(v) for v in args.filters.split(",")]
     roi = [int(v) for v in args.roi.split(",")]
-    variants = ["plain"] + [a for a in args.attention if a != "plain"]
+    from medattn import placement
+
+    try:
+        variants = ["plain"] + [placement.parse(a).to_text() for a in args.attention if placement.parse(a) is not None]
+    except ValueError as err:
+        print(f"bench monai: --attention: {err}")
+        return 2
     started = time.perf_counter()
     runs = {variant: _train_and_predict(variant, args, info, work, filters, roi) for variant in variants}
     split = runs["plain"]["split"]  # the same for every variant, by construction
@@ -96,7 +103,10 @@ def _train_and_predict(variant: str, args, info, work, filters, roi) -> dict:
     from medattn.networks.inference import Predictor
     from medattn.networks.training import TrainConfig, Trainer, read_checkpoint
 
-    out = work / "runs" / variant
+    from medattn import placement
+
+    folder = variant if variant == "plain" else placement.parse(variant).slug()
+    out = work / "runs" / folder
     if out.exists():
         shutil.rmtree(out)  # a benchmark always measures a fresh run
     config = TrainConfig(
@@ -107,7 +117,7 @@ def _train_and_predict(variant: str, args, info, work, filters, roi) -> dict:
     )
     Trainer(config).run()
     checkpoint = read_checkpoint(out / "checkpoint_last.pt")
-    predictions = work / "predictions" / variant
+    predictions = work / "predictions" / folder
     if predictions.exists():
         shutil.rmtree(predictions)
     predictor = Predictor(out / "checkpoint_last.pt", device=args.device)
@@ -144,9 +154,12 @@ def _table_row(variant: str, run: dict, step_seconds: dict, labels: dict[int, st
     """Score ``variant``'s predictions (paired with plain's when it is not plain) and format its row."""
     from medattn.evaluation import evaluate_folders
 
+    from medattn import placement
+
+    folder = variant if variant == "plain" else placement.parse(variant).slug()
     compare = None if variant == "plain" else work / "predictions" / "plain"
-    evaluation = evaluate_folders(work / "predictions" / variant, work / "ground_truth", labels=labels,
-                                  compare=compare, out_dir=work / "reports" / variant, progress=False)
+    evaluation = evaluate_folders(work / "predictions" / folder, work / "ground_truth", labels=labels,
+                                  compare=compare, out_dir=work / "reports" / folder, progress=False)
     per_class = evaluation.per_class.set_index("label")
     dice = [per_class.loc[k, "dice_mean"] for k in labels]
     hd95 = [per_class.loc[k, "hd95_mean"] for k in labels]

@@ -10,7 +10,8 @@ Modules:
 
 - :mod:`medattn.images.resnets`: torchvision's ResNets, CIFAR-style ResNets built from
   torchvision's blocks, and their placement adapter.
-- :mod:`medattn.images.presets`: the named presets, :func:`create`, :func:`presets`.
+- :mod:`medattn.images.named_presets`: the named presets, :func:`create`, :func:`presets`
+  (the module is not called ``presets`` so that it never shadows the function).
 
 Attributes are imported lazily so that ``medattn --help`` does not load torch.
 """
@@ -20,9 +21,9 @@ from __future__ import annotations
 from medattn._lazy import lazy_exports
 
 _LAZY = {
-    "create": "medattn.images.presets",
-    "presets": "medattn.images.presets",
-    "preset": "medattn.images.presets",
+    "create": "medattn.images.named_presets",
+    "presets": "medattn.images.named_presets",
+    "preset": "medattn.images.named_presets",
     "backbones": "medattn.images.resnets",
     "ResNetAdapter": "medattn.images.resnets",
 }

@@ -38,7 +38,8 @@ from torch import nn
 
 from medattn.placement import Adapter, Stage
 
-__all__ = ["CIFAR_DEPTHS", "IMAGENET_DEPTHS", "ResNetAdapter", "backbones", "build_backbone", "cifar_resnet"]
+__all__ = ["CIFAR_DEPTHS", "IMAGENET_DEPTHS", "ResNetAdapter", "backbones", "block_hosts", "build_backbone",
+           "cifar_resnet"]
 
 #: torchvision's ImageNet ResNets.
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
@@ -120,7 +121,8 @@ def cifar_resnet(depth: int, num_classes: int = 10) -> nn.Module:
     return network
 
 
-def _block_hosts(block: nn.Module) -> dict[str, tuple[nn.Module, int]]:
+def block_hosts(block: nn.Module) -> dict[str, tuple[nn.Module, int]]:
+    """``position -> (host module, channels)`` of one torchvision BasicBlock or Bottleneck."""
     norms = [getattr(block, f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
     hosts = {f"after_conv{i + 1}": (norm, norm.num_features) for i, norm in enumerate(norms)}
     hosts["before_add"] = hosts[f"after_conv{len(norms)}"]
@@ -144,7 +146,7 @@ class ResNetAdapter(Adapter):
             layer = getattr(network, f"layer{index}", None)
             if not isinstance(layer, nn.Sequential) or len(layer) == 0:
                 continue
-            blocks = [_block_hosts(block) for block in layer]
+            blocks = [block_hosts(block) for block in layer]
             ends = [hosts["before_add"] for hosts in blocks]
             found.append(Stage(f"layer{index}", layer, ends[-1][1], blocks, [host for host, _ in ends]))
         if not found:
