@@ -95,6 +95,18 @@ class DSM(nn.Module):
     (0, 1) and each ``M_c`` stays within a factor ``e^{k_c} < e`` of uniform: as the
     paper's equations define it, the self-attention is a soft reweighting of the mean.
 
+    Placement in InstanceNorm networks (nnU-Net, DynUNet, BasicUNet): the block adds one
+    value per (sample, channel), ``Z = X ⊕ F_aggr(...)``. Where its output feeds a conv
+    followed by InstanceNorm, as every stage output of those networks does, the norm removes
+    that constant except near the zero-padded borders: with ``γ = 1`` and random weights,
+    DSM on the first stage's output of a PlainConvUNet changes the next conv + InstanceNorm
+    by 6 % in the interior of a 48³ volume (a border effect that halves as the size
+    doubles), against 25 % when DSM sits after the stage's last norm and before its
+    LeakyReLU (``tests/nnunet/test_instance_norm.py``). DSNet itself uses BatchNorm, whose
+    running statistics keep the offset. So every engine's default position for DSM is
+    inside the stage, after a norm and before the nonlinearity (:mod:`medattn.placement`);
+    ``@stage`` still puts it on the stage output.
+
     Decisions (the paper leaves these open):
 
     - Reduction: ``r = round(C · rd_ratio)`` (``rd_divisor`` 1 by default so the paper's
