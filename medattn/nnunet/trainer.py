@@ -72,7 +72,14 @@ class RetiredTrainer(nnUNetTrainerAttention):
     reason = ""
 
     @classmethod
-    def build_network_architecture(cls, *args, **kwargs) -> torch.nn.Module:
+    def build_network_architecture(
+        cls,
+        plans_manager,
+        configuration_manager,
+        num_input_channels: int,
+        num_output_channels: int,
+        enable_deep_supervision: bool = True,
+    ) -> torch.nn.Module:
         raise ValueError(f"{cls.__name__} was retired in medattn 0.2: {cls.reason} Use {cls.replacement} instead "
                          "(medattn nnunet list shows every trainer and where it places its blocks)")
 

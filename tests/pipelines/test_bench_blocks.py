@@ -20,7 +20,7 @@ from medattn.pipelines import bench_blocks
 from tests.cli_help import help_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUICK_BLOCKS = ["se", "sna", "dsm:rd_ratio=0.5", "dia-light"]
+QUICK_BLOCKS = ["se", "sna", 'dsm{"rd_ratio": 0.5}', "dia_light"]
 _THREADS_BEFORE = torch.get_num_threads()
 BATCH = 2
 
@@ -76,9 +76,11 @@ def test_bench_help_lists_blocks(capsys):
     "argv, message",
     [
         (["--blocks", "nope"], "unknown block 'nope'"),
-        (["--blocks", "dia-gru"], "unknown DIA unit 'dia-gru'"),
-        (["--blocks", "dsm:mode=diagonal"], "dsm:mode=diagonal"),
-        (["--blocks", "se:rd_ratio"], "is not KEY=VALUE"),
+        (["--blocks", "dia-gru"], "unknown block 'dia-gru'"),
+        (["--blocks", 'dsm{"mode": "diagonal"}'], "diagonal"),
+        (["--blocks", "se:rd_ratio=0.5"], 'block options are JSON: dsm{"rd_ratio": 0.5}'),
+        (["--blocks", "sna@before_add"], "takes no @position or :stages; give 'sna'"),
+        (["--blocks", "lstm"], "is now spelled 'dia'"),
         (["--dims", "2", "--image-size", "100"], "multiple of 32"),
         (["--dims", "3", "--stages-3d", "6"], "--stages-3d indices must be in 0..5"),
         (["--dims", "3", "--stages-3d", "5", "--patch-size", "40"], "divisible by 2^5"),
@@ -94,12 +96,14 @@ def test_bad_options_fail_early_with_a_message(argv, message, capsys, tmp_path):
     assert not json_path.exists()
 
 
-def test_block_specs_parse_options_as_literals():
-    spec = bench_blocks.parse_block_spec("DSM:rd_ratio=0.5, mode=series,identity_init=False")
+def test_block_specs_are_placements_without_position():
+    spec = bench_blocks.parse_block_spec('DSM{"rd_ratio": 0.5, "mode": "series", "identity_init": false}')
     assert (spec.name, spec.kind) == ("dsm", "block")
     assert spec.kwargs == {"rd_ratio": 0.5, "mode": "series", "identity_init": False}
-    unit = bench_blocks.parse_block_spec("dia-light:rd_ratio=0.125")
-    assert (unit.name, unit.kind, unit.kwargs) == ("light", "dia", {"rd_ratio": 0.125})
+    assert spec.label == 'dsm{"identity_init": false, "mode": "series", "rd_ratio": 0.5}'
+    unit = bench_blocks.parse_block_spec('dia-light{"rd_ratio": 0.125}')  # the old spelling is an alias
+    assert (unit.name, unit.kind, unit.kwargs, unit.label) == ("light", "dia", {"rd_ratio": 0.125},
+                                                              'dia_light{"rd_ratio": 0.125}')
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,7 +115,7 @@ def test_quick_run_prints_the_tables_it_writes(quick_run):
     code, stdout, results, markdown = quick_run
     assert code == 0
     assert markdown.strip() == stdout.strip()
-    assert "Command: `medattn bench blocks --dims 2 3 --blocks se sna dsm:rd_ratio=0.5 dia-light" in markdown
+    assert "Command: `medattn bench blocks --dims 2 3 --blocks se sna 'dsm{\"rd_ratio\": 0.5}' dia_light" in markdown
     assert results["command"] in markdown
     for title in ("Blocks beside their stage", "DIA units shared", "Power iteration (SNA) vs torch.linalg.svd"):
         assert title in markdown
@@ -131,9 +135,9 @@ def test_quick_run_has_one_record_per_stage_and_block(quick_run):
     stages = [s["stage"] for s in results["stages"]]
     assert stages == ["ResNet-50 layer1 256×8²", "nnU-Net stage 1 64×8³"]
     assert [(r["stage"], r["block"]) for r in results["blocks"]] == [
-        (stage, block) for stage in stages for block in ("se", "sna", "dsm:rd_ratio=0.5")
+        (stage, block) for stage in stages for block in ("se", "sna", 'dsm{"rd_ratio": 0.5}')
     ]
-    assert [(r["stage"], r["unit"]) for r in results["dia"]] == [(stage, "dia-light") for stage in stages]
+    assert [(r["stage"], r["unit"]) for r in results["dia"]] == [(stage, "dia_light") for stage in stages]
     assert results["networks"] == []
     assert results["settings"]["repeats"] == 1
 
@@ -314,6 +318,11 @@ def test_network_variants_add_what_their_blocks_hold(tmp_path):
     assert records["+ DSM (DSNet50-B)"]["params"] - stock == sum(
         n * params(blocks.create("dsm", w, rd_ratio=1 / 16)) for w, n in zip(widths, depths))
     assert records["+ DIA-LSTM"]["params"] - stock == sum(params(create_unit("lstm", 4 * w)) for w in widths)
+    # The rows are the networks users build with medattn.images.
+    from medattn import images
+
+    assert records["+ DSM (DSNet50-B)"]["params"] == params(images.create("dsnet50_b"))
+    assert "dsnet50_a" in records["+ DSM (DSNet50-A)"]["placement"]
     for record in records.values():
         assert record["vs_stock"]["params"] == pytest.approx(record["params"] / stock)
         assert record["inference_time_s"] > 0 and record["time_s"] > 0
