@@ -114,6 +114,7 @@ class NNUNetBackend:
     """
 
     kind = "nnunet"
+    legacy_note = ""
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str | None,
                  device: torch.device, tta: bool = True, step_size: float = 0.5,
@@ -122,6 +123,7 @@ class NNUNetBackend:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
         from medattn.nnunet import register_trainers
+        from medattn.nnunet.network import LegacyPlacementError
 
         checkpoint = checkpoint or CHECKPOINT
         folds = _check_folds(model_dir, folds, checkpoint)
@@ -135,7 +137,14 @@ class NNUNetBackend:
                     tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                     perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
                 )
-                predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint)
+                try:
+                    predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint)
+                except LegacyPlacementError as legacy:
+                    if legacy.replacement is None:
+                        raise
+                    _initialize_as(predictor, model_dir, folds, checkpoint, legacy.replacement)
+                    self.legacy_note = (f" (trained as {legacy.trainer} of medattn < 0.2, predicted as "
+                                        f"{legacy.replacement}, which has that placement now)")
         except Exception as err:
             raise ValueError(f"{model_dir}: cannot load the nnU-Net model ({type(err).__name__}: {err})\n"
                              f"{chatter.getvalue().strip()}") from err
@@ -155,7 +164,7 @@ class NNUNetBackend:
                                                 if self.previous_stage_name else 0)
         mirroring = predictor.allowed_mirroring_axes if tta else None
         self.description = (
-            f"nnU-Net {predictor.trainer_name}, folds {', '.join(map(str, folds))} ({checkpoint}), "
+            f"nnU-Net {predictor.trainer_name}{self.legacy_note}, folds {', '.join(map(str, folds))} ({checkpoint}), "
             f"{device}, TTA mirroring axes {tuple(mirroring) if mirroring else 'none'}, step size {step_size}"
         )
         if postprocessing is not None:
@@ -245,6 +254,29 @@ class NNUNetBackend:
         writer = self.plans_manager.image_reader_writer_class()
         with atomic_write(target, suffix=case.suffix) as tmp:
             writer.write_seg(segmentation, str(tmp), prepared.properties)
+
+
+def _initialize_as(predictor, model_dir: Path, folds, checkpoint_name: str, trainer_name: str) -> None:
+    """Finish ``predictor``'s initialisation with ``trainer_name``'s network: nnU-Net's own
+    ``initialize_from_trained_model_folder`` read the plans and weights, then stopped at a
+    checkpoint whose trainer name now places its blocks elsewhere."""
+    import json
+
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    from medattn.nnunet.catalog import get_trainer_class
+
+    saved = torch.load(model_dir / f"fold_{folds[0]}" / checkpoint_name, map_location="cpu", weights_only=False)
+    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
+    network = get_trainer_class(trainer_name).build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, False,
+    )
+    network.load_state_dict(predictor.list_of_parameters[0])
+    predictor.manual_initialization(network, plans_manager, configuration_manager, predictor.list_of_parameters,
+                                    dataset_json, trainer_name, saved.get("inference_allowed_mirroring_axes"))
 
 
 def _check_folds(model_dir: Path, folds, checkpoint: str) -> list[int | str]:

@@ -158,6 +158,15 @@ def insert_attention(network: nn.Module, placement) -> nn.Module:
     return placement_spec.insert(network, placement, ADAPTER)
 
 
+class LegacyPlacementError(ValueError):
+    """A checkpoint of medattn < 0.2 whose trainer name now places its blocks elsewhere;
+    :attr:`replacement` is the trainer that has the old placement (or None)."""
+
+    def __init__(self, message: str, trainer: str, replacement: str | None):
+        super().__init__(message)
+        self.trainer, self.replacement = trainer, replacement
+
+
 class _CheckPlacement:
     """``load_state_dict`` pre-hook: refuse a checkpoint trained with another placement.
 
@@ -183,8 +192,9 @@ class _CheckPlacement:
         hint = (f"it is now {self.replacement}: rename the model folder to {self.replacement}__... and set "
                 f"'trainer_name' in its checkpoints, or predict with medattn predict, which does this for you"
                 if self.replacement else "no trainer places it any more")
-        raise ValueError(f"this checkpoint was trained with {self.trainer} of medattn < 0.2, which placed "
-                         f"{self.legacy!r}; {self.trainer} now places {self.text!r}; {hint}")
+        raise LegacyPlacementError(f"this checkpoint was trained with {self.trainer} of medattn < 0.2, which placed "
+                                   f"{self.legacy!r}; {self.trainer} now places {self.text!r}; {hint}",
+                                   self.trainer, self.replacement)
 
 
 def mark_placement(network: nn.Module, text: str, trainer: str = "this trainer", legacy: str | None = None,

@@ -54,6 +54,7 @@ class nnUNetTrainerAttention(nnUNetTrainer):
         )
 
     def on_train_start(self):
+        super().on_train_start()  # builds the network (nnU-Net initialises here)
         if self.attention is not None:
             from medattn.nnunet.network import PLACEMENT_KEY
 
@@ -61,7 +62,6 @@ class nnUNetTrainerAttention(nnUNetTrainer):
             network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
             placed = bytes(getattr(network, PLACEMENT_KEY).tolist()).decode()
             self.print_to_log_file(f"medattn attention: {placed}")
-        super().on_train_start()
 
 
 class RetiredTrainer(nnUNetTrainerAttention):

@@ -312,3 +312,62 @@ def test_outputs_feed_nnunetv2_ensemble_as_they_are(stock_model, demo_out, small
         np.testing.assert_array_equal(ensembled, mean.argmax(0))
         _assert_same_grid(folders["ensemble"] / f"{case}.nii.gz", image)
     assert len(list(folders["ensemble"].glob("*.nii.gz"))) == len(images)
+
+
+def _legacy_model(stock_model: Path, root: Path, trainer_name: str) -> Path:
+    """A model folder as medattn < 0.2 wrote it for nnUNetTrainerDSM: DSM r=1/16 on every
+    stage output (here with gamma switched on), no placement buffer, ``trainer_name`` set."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medattn.nnunet.catalog import get_trainer_class
+    from medattn.nnunet.network import PLACEMENT_KEY, load_stock_weights
+
+    model = root / f"{trainer_name}__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    for name in MODEL_FILES:
+        shutil.copy(stock_model / name, model / name)
+    checkpoint = torch.load(stock_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    plans_manager = PlansManager(checkpoint["init_args"]["plans"])
+    configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+    torch.manual_seed(0)  # the same DSM weights in every folder this makes
+    network = get_trainer_class("nnUNetTrainerDSM_stage").build_network_architecture(
+        plans_manager, configuration, 1, plans_manager.get_label_manager(checkpoint["init_args"]["dataset_json"])
+        .num_segmentation_heads, True)
+    load_stock_weights(network, checkpoint)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for key, parameter in network.named_parameters():
+            if key.endswith("gamma"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    weights = {k: v for k, v in network.state_dict().items() if k != PLACEMENT_KEY}
+    torch.save(dict(checkpoint, network_weights=weights, trainer_name=trainer_name),
+               model / "fold_0" / "checkpoint_final.pth")
+    return model
+
+
+def test_a_model_of_an_old_placement_predicts_as_its_replacement(stock_model, small_images, demo_out, tmp_path):
+    """medattn < 0.2's nnUNetTrainerDSM put DSM on the stage outputs: medattn predict builds
+    the trainer that has that placement now and predicts exactly as it; nnUNetv2_predict
+    refuses with a message naming it."""
+    from medattn.nnunet.commands import NNUNetCommandError, nnunet_environment, run_nnunet
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(list_images(small_images)[0], inputs / list_images(small_images)[0].name)
+    legacy = _legacy_model(stock_model, tmp_path / "legacy", "nnUNetTrainerDSM")
+    control = _legacy_model(stock_model, tmp_path / "control", "nnUNetTrainerDSM_stage")
+    outputs = {}
+    for name, model in (("legacy", legacy), ("control", control)):
+        outputs[name] = tmp_path / f"out_{name}"
+        assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(outputs[name]),
+                     "--device", "cpu", "--no-tta", "--no-progress"]) == 0
+    for image in list_images(outputs["control"]):
+        np.testing.assert_array_equal(_read(outputs["legacy"] / image.name)[0], _read(image)[0])
+    env = nnunet_environment(demo_out / "nnUNet_raw", demo_out / "nnUNet_preprocessed", demo_out / "nnUNet_results")
+    from medattn.nnunet import trainer_folder
+
+    env = dict(env, nnUNet_extTrainer=str(trainer_folder()))
+    with pytest.raises(NNUNetCommandError, match="it is now nnUNetTrainerDSM_stage"):
+        run_nnunet("nnUNetv2_predict_from_modelfolder",
+                   ["-i", inputs, "-o", tmp_path / "theirs", "-m", legacy, "-f", "0", "-device", "cpu",
+                    "-npp", 1, "-nps", 1, "--disable_progress_bar", "--disable_tta"], env, timeout=600)

@@ -40,3 +40,11 @@ def phantom_plans(preprocessed_phantom) -> dict[str, Path]:
     """nnU-Net's own plans for the phantom: default (PlainConvUNet) and ResEnc M."""
     folder = preprocessed_phantom["preprocessed"] / DATASET
     return {"plain": folder / "nnUNetPlans.json", "resenc": folder / "nnUNetResEncUNetMPlans.json"}
+
+
+@pytest.fixture(scope="session")
+def preprocessed_resenc(preprocessed_phantom) -> dict:
+    """The phantom preprocessed for nnU-Net's ResEnc M plans too (nnUNetv2_preprocess)."""
+    run_nnunet("nnUNetv2_preprocess", ["-d", DATASET_ID, "-plans_name", "nnUNetResEncUNetMPlans", "-c", "3d_fullres",
+                                       "-np", 2], preprocessed_phantom["env"], timeout=600)
+    return preprocessed_phantom

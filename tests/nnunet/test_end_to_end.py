@@ -104,3 +104,24 @@ def test_stock_checkpoint_fine_tunes_an_attention_trainer(preprocessed_phantom, 
         env, timeout=900,
     )
     assert "Loading pretrained weights" in result.stdout
+
+
+@pytest.mark.parametrize("trainer, expected", [
+    ("nnUNetTrainerDSM_A_smoke", 'dsm@after_conv2:last{"rd_ratio": 0.5}'),
+    ("nnUNetTrainerDSM_B_smoke", 'dsm@after_conv1{"rd_ratio": 0.0625}'),
+])
+def test_dsnet_position_trainers_train_and_predict_on_resenc_plans(preprocessed_resenc, tmp_path, trainer, expected):
+    """`nnUNetv2_train ... -p nnUNetResEncUNetMPlans -tr nnUNetTrainerDSM_A/_B`: DSM inside the
+    residual blocks, trained and predicted by nnU-Net's own commands."""
+    env = preprocessed_resenc["env"]
+    run_nnunet("nnUNetv2_train", [DATASET_ID, "3d_fullres", 0, "-p", "nnUNetResEncUNetMPlans", "-tr", trainer,
+                                  "-device", "cpu"], env, timeout=900)
+    model_folder = preprocessed_resenc["results"] / DATASET / f"{trainer}__nnUNetResEncUNetMPlans__3d_fullres"
+    log = "".join(p.read_text() for p in (model_folder / "fold_0").glob("training_log_*.txt"))
+    assert f"medattn attention: {expected}" in log
+    out = tmp_path / "pred"
+    run_nnunet("nnUNetv2_predict",
+               ["-i", preprocessed_resenc["raw"] / DATASET / "imagesTs", "-o", out, "-d", DATASET_ID, "-c",
+                "3d_fullres", "-f", 0, "-p", "nnUNetResEncUNetMPlans", "-tr", trainer, "-chk",
+                "checkpoint_final.pth", "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env, timeout=600)
+    assert len(list_images(out)) == len(list_images(preprocessed_resenc["raw"] / DATASET / "labelsTs"))

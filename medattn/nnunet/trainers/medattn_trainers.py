@@ -195,6 +195,14 @@ class nnUNetTrainerSE_smoke(SmokeSchedule, nnUNetTrainerSE):
     """nnUNetTrainerSE on the smoke schedule."""
 
 
+class nnUNetTrainerDSM_A_smoke(SmokeSchedule, nnUNetTrainerDSM_A):
+    """nnUNetTrainerDSM_A on the smoke schedule (CI trains it on ResEnc M plans)."""
+
+
+class nnUNetTrainerDSM_B_smoke(SmokeSchedule, nnUNetTrainerDSM_B):
+    """nnUNetTrainerDSM_B on the smoke schedule (CI trains it on ResEnc M plans)."""
+
+
 # --- Benchmark variants (medattn bench nnunet): the BenchSchedule budget, timed steps -----
 
 
