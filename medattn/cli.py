@@ -11,15 +11,21 @@ import argparse
 import importlib
 import sys
 
+#: The ``medattn train`` group: its engines, each a ``cli`` module with ``register(engines)``.
+TRAIN = "train"
+TRAIN_ENGINES = (
+    "medattn.networks.cli",  # train monai
+)
+
 # Order is the order shown by ``medattn --help``.
 COMMAND_MODULES = (
     "medattn.preprocess.cli",  # convert
     "medattn.nnunet.cli",  # nnunet
-    "medattn.networks.cli",  # train (monai)
+    TRAIN,
     "medattn.pipelines.cli",  # demo
     "medattn.inference.cli",  # predict
     "medattn.evaluation.cli",  # evaluate
-    "medattn.bench",  # bench
+    "medattn.pipelines.bench",  # bench
 )
 
 
@@ -32,15 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            # A command whose module is not written yet must not break the others.
-            if err.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
+        if module_name == TRAIN:
+            _add_train_group(subparsers)
+        else:
+            importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def _add_train_group(subparsers) -> None:
+    group = subparsers.add_parser(
+        TRAIN,
+        help="train a network with attention (engine: monai)",
+        description="Train networks with attention blocks. The nnU-Net engine trains through nnU-Net itself "
+        "(nnUNetv2_train -tr nnUNetTrainerDSM ..., see `medattn nnunet`); each engine below is a subcommand.",
+    )
+    group.set_defaults(group_parser=group)
+    engines = group.add_subparsers(dest="train_engine", metavar="ENGINE")
+    for module_name in TRAIN_ENGINES:
+        importlib.import_module(module_name).register(engines)
 
 
 def _version() -> str:

@@ -29,3 +29,25 @@ def resolve_device(device: str):
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
     return resolved
+
+
+#: What every ``--device`` option accepts.
+DEVICE_HELP = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
+
+
+def add_device_argument(parser, default: str = "auto", what: str = "") -> None:
+    """Add the one ``--device`` option (values checked later by :func:`resolve_device`).
+
+    Args:
+        parser: an ``argparse`` parser or argument group.
+        default: the default value.
+        what: what runs on the device, for the help text (e.g. "training").
+    """
+    subject = f"device for {what}: " if what else ""
+    parser.add_argument("--device", default=default, metavar="DEVICE",
+                        help=f"{subject}{DEVICE_HELP} (default: {default})")
+
+
+def nnunet_device_name(device: str) -> str:
+    """The ``-device`` value of nnU-Net's commands (cpu, cuda or mps) for a ``--device`` value."""
+    return resolve_device(device).type

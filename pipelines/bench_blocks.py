@@ -58,6 +58,8 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 
+from medattn.devices import add_device_argument
+
 DESCRIPTION = "cost of each attention block (params, FLOPs, latency, memory) beside its conv stage\n\n" + (
     __doc__.split("\n", 2)[2].strip().replace("``", "")
 )
@@ -110,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes (32^2 image, 16^3 patch, two stages each), one round, no networks")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    add_device_argument(parser, what="the measurements (MPS falls back to the CPU)")
     parser.add_argument("--threads", type=int,
                         help="intra-op threads for the run (default: torch's, one per core); on a machine "
                         "shared with other jobs, 1 avoids the stalls of threads waiting for each other")

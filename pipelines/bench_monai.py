@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medattn.devices import add_device_argument
+
 DESCRIPTION = "DynUNet with attention vs plain on MSD Task04 hippocampus: Dice, HD95, time per epoch\n\n" + (
     __doc__.split("\n", 1)[1].strip().replace("``", "")
 )
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="initial learning rate (default: 3e-3)")
     parser.add_argument("--batch-size", type=int, default=2, help="cases per step (default: 2)")
     parser.add_argument("--samples-per-case", type=int, default=2, help="crops per case per step (default: 2)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    add_device_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default: 0)")
     parser.add_argument("--timing-steps", type=int, default=15,
                         help="interleaved training steps per variant for the speed ratio (default: 15)")

@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from medattn.devices import add_device_argument
+
 DESCRIPTION = __doc__.split("\n", 1)[1].strip().replace("``", "").replace(":class:", "").replace(":func:", "")
 DESCRIPTION = "stock nnU-Net vs DSM/SNA/DIA trainers on Task04_Hippocampus (real MRI)\n\n" + DESCRIPTION
 
@@ -57,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-cases", type=int, default=0,
                         help="training cases of the split; 0: every case not in validation (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"), help="torch device (default: cpu)")
+    add_device_argument(parser, default="cpu", what="nnU-Net's training and prediction")
     parser.add_argument("--n-proc-da", type=int, default=1,
                         help="nnU-Net data-augmentation worker processes (default: 1)")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished training exists")
@@ -397,6 +399,9 @@ def _check_arguments(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} is out of range: {getattr(args, name)}")
     if not Path(args.data).is_dir():
         raise ValueError(f"{args.data}: data folder not found (pass --data)")
+    from medattn.devices import nnunet_device_name
+
+    args.device = nnunet_device_name(args.device)  # nnU-Net's commands take cpu, cuda or mps
 
 
 def _environment(work: Path, args) -> dict:

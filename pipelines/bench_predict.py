@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from medattn.devices import add_device_argument
+
 DESCRIPTION = "medattn predict vs nnUNetv2_predict: wall time on the same model and inputs\n\n" + \
     __doc__.split("\n", 2)[2].strip().replace("``", "")
 
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=int, default=8, help="generated input cases (default: 8)")
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 96, 96), metavar=("Z", "Y", "X"),
                         help="shape of the generated inputs (default: 48 96 96)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_device_argument(parser)
     parser.add_argument("--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
     parser.add_argument("--no-tta", action="store_true", help="both without mirroring (--disable_tta / --no-tta)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each command (default: 2)")

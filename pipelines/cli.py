@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medattn.devices import add_device_argument
+
 EPILOG = """\
 examples:
   medattn demo                          # everything under ./demo_output
@@ -31,8 +33,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="demo_output", metavar="DIR",
                         help="folder for everything the demo writes (default: ./demo_output)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CUDA if available, else CPU (default: auto)")
+    add_device_argument(parser, what="training and prediction")
     parser.add_argument("--schedule", default="demo", choices=("demo", "smoke"),
                         help="demo: the short training schedule (minutes on a CPU); smoke: one epoch of two "
                         "iterations, to check the plumbing (default: demo)")

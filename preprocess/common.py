@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from medattn.data.io import CaseFailure
+
 #: nnU-Net v2 raw datasets in medattn use compressed NIfTI.
 FILE_ENDING = ".nii.gz"
 
@@ -52,14 +54,6 @@ def warn(message: str, report: "ConversionReport | None" = None) -> None:
     tqdm.write(f"warning: {message}", file=sys.stderr)
     if report is not None:
         report.warnings.append(message)
-
-
-@dataclass
-class CaseFailure:
-    """One case that was skipped; ``message`` starts with the case name."""
-
-    case: str
-    message: str
 
 
 @dataclass

@@ -80,18 +80,16 @@ def list_series(src: str | os.PathLike) -> list[SeriesInfo]:
 
 
 def _describe(uid: str, folder: Path, files: tuple[str, ...]) -> SeriesInfo:
-    import SimpleITK as sitk
+    from medattn.data.io import ImageReadError, open_header
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
     modality = description = ""
     size = (0, 0)
     try:
-        reader.ReadImageInformation()
+        reader = open_header(files[0])
         modality = _tag(reader, "0008|0060")
         description = _tag(reader, "0008|103e")
         size = tuple(reader.GetSize()[:2])
-    except RuntimeError:
+    except ImageReadError:
         pass  # an unreadable header still lists the series; reading it reports the error
     return SeriesInfo(uid, folder, files, modality, description, size)
 

@@ -326,28 +326,18 @@ def read_reference_geometries(reference: str | os.PathLike) -> dict[int, Path]:
     return found
 
 
-def header_geometry(path: Path, context: str):
-    """The :class:`~medattn.data.io.Geometry` of an image file, read from its header only.
+def reference_geometry(path: Path, context: str):
+    """The :class:`~medattn.data.io.Geometry` of a reference image, read from its header only.
 
     Raises:
         ConversionError: if the header cannot be read.
     """
-    import SimpleITK as sitk
+    from medattn.data.io import ImageReadError, read_header
 
-    from medattn.data.io import Geometry
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
+        return read_header(path)
+    except ImageReadError as err:
         raise ConversionError(f"{context}: cannot read the header of {path}") from err
-    return Geometry(
-        shape=tuple(reversed(reader.GetSize())),
-        spacing=tuple(reader.GetSpacing()),
-        origin=tuple(reader.GetOrigin()),
-        direction=tuple(reader.GetDirection()),
-    )
 
 
 @dataclass(frozen=True)
@@ -380,7 +370,7 @@ def _import_case(job: _ImportJob) -> list[Path]:
     else:
         image = image.astype(np.float32)
     if job.use_reference:
-        geometry = header_geometry(job.reference, context)
+        geometry = reference_geometry(job.reference, context)
         if geometry.shape != image.shape:
             raise ConversionError(
                 f"{context}: restacked shape {image.shape} differs from reference {job.reference.name} {geometry.shape}"

@@ -121,6 +121,15 @@ def image_suffix(path: str | os.PathLike) -> str:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
 
 
+@dataclass(frozen=True)
+class CaseFailure:
+    """One case a batch (conversion, prediction) could not do, and why; ``message`` names
+    the file or case, so that it can be printed as it is."""
+
+    case: str
+    message: str
+
+
 def case_name(path: str | os.PathLike) -> str:
     """File name without its image suffix: ``case_01.nii.gz`` gives ``case_01``."""
     name = Path(path).name
@@ -134,6 +143,41 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
     return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p))
+
+
+def open_header(path: str | os.PathLike):
+    """SimpleITK's reader of ``path`` with the header read and no voxels (for the channel
+    count, dimension and pixel type beside the geometry).
+
+    Raises:
+        ImageReadError: naming the file when its header cannot be read.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise ImageReadError(f"{path}: cannot read image header ({lines[-1] if lines else 'unknown error'})") from err
+    return reader
+
+
+def header_geometry(reader) -> Geometry:
+    """The :class:`Geometry` of an :func:`open_header` reader."""
+    return Geometry(shape=tuple(reversed(reader.GetSize())), spacing=tuple(reader.GetSpacing()),
+                    origin=tuple(reader.GetOrigin()), direction=tuple(reader.GetDirection()))
+
+
+def read_header(path: str | os.PathLike) -> Geometry:
+    """The :class:`Geometry` of an image file, reading only its header (the one header
+    reader of medattn: evaluation, conversion, training and prediction use it).
+
+    Raises:
+        ImageReadError: naming the file when its header cannot be read.
+    """
+    return header_geometry(open_header(path))
 
 
 def read_image(path: str | os.PathLike):

@@ -41,6 +41,7 @@ from medattn.data.io import (
     check_same_geometry,
     image_suffix,
     list_images,
+    read_header,
     read_image,
 )
 from medattn.evaluation.conventions import DESCRIPTIONS, check_convention, empty_case_scores, grid_diagonal
@@ -360,34 +361,16 @@ def _cases_in(folder, role: str) -> dict[str, Path]:
     return cases
 
 
-def _read_header(path: Path) -> Geometry:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        raise ImageReadError(f"{path}: cannot read image header ({lines[-1] if lines else 'unknown error'})") from err
-    return Geometry(
-        shape=tuple(reversed(reader.GetSize())),
-        spacing=tuple(reader.GetSpacing()),
-        origin=tuple(reader.GetOrigin()),
-        direction=tuple(reader.GetDirection()),
-    )
-
-
 def _check_headers(tasks: Sequence[_CaseTask]) -> list[str]:
     """Geometry of every pair, from the headers only, so mismatches show before any work."""
     problems = []
     for task in tasks:
         try:
-            gt_geometry = _read_header(task.gt_path)
+            gt_geometry = read_header(task.gt_path)
             for pred_path in task.pred_paths:
                 if pred_path is not None:
                     check_same_geometry(
-                        gt_geometry, _read_header(pred_path), names=("ground truth", "prediction"),
+                        gt_geometry, read_header(pred_path), names=("ground truth", "prediction"),
                         context=f"{task.case}: {pred_path} vs {task.gt_path}",
                     )
         except ValueError as err:

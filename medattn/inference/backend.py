@@ -55,17 +55,12 @@ def check_input_file(path: str | os.PathLike) -> None:
     Raises:
         CaseError: naming the file and the problem.
     """
-    import SimpleITK as sitk
+    from medattn.data.io import ImageReadError, check_nifti_file, open_header
 
-    from medattn.data.io import ImageReadError, check_nifti_file
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-        raise CaseError(f"{path}: cannot read image ({reason})") from err
+        reader = open_header(path)
+    except ImageReadError as err:
+        raise CaseError(str(err)) from err
     components = reader.GetNumberOfComponents()
     if components != 1:
         raise CaseError(

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from medattn.data.io import CaseFailure
 from medattn.devices import resolve_device
 from medattn.inference.naming import Case, collect_inputs, group_cases
 
@@ -131,14 +132,6 @@ def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = No
     from medattn.inference.monai_backend import MonaiBackend
 
     return MonaiBackend(source.path, device, tta=tta, step_size=step_size)
-
-
-@dataclass(frozen=True)
-class CaseFailure:
-    """A case that was not predicted and why (the message names the file)."""
-
-    case: str
-    message: str
 
 
 @dataclass

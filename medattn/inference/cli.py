@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medattn.devices import add_device_argument
+
 EXAMPLES = """\
 examples:
   # an nnU-Net model trained with any trainer (medattn's are found automatically), all folds
@@ -58,8 +60,7 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", metavar="NAME",
                         help="checkpoint file name: nnU-Net default checkpoint_final.pth (e.g. checkpoint_best.pth); "
                         "MONAI output folder default checkpoint_best.pt")
-    parser.add_argument("--device", default="auto", metavar="DEVICE",
-                        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps (default: auto)")
+    add_device_argument(parser, what="prediction")
     parser.add_argument("--no-tta", action="store_true", help="disable mirroring test-time augmentation (faster)")
     parser.add_argument("--step-size", type=_step_size, default=0.5, metavar="S",
                         help="sliding-window step as a fraction of the patch size, in (0, 1]: nnU-Net's -step_size "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medattn.data.io import Geometry, write_image
+from medattn.data.io import Geometry, read_header, write_image
 from medattn.inference.backend import CaseError, check_input_file, write_probabilities
 from medattn.inference.naming import Case
 
@@ -116,7 +116,6 @@ class MonaiBackend:
 
     def prepare(self, case: Case) -> _Prepared:
         """Read, check and preprocess the case with the checkpoint's transforms."""
-        from medattn.networks.data import header
 
         for path in case.files:
             check_input_file(path)
@@ -127,7 +126,7 @@ class MonaiBackend:
         if data["image"].shape[0] != self.num_channels:
             raise CaseError(f"{', '.join(map(str, case.files))}: wrong channel count: {data['image'].shape[0]} "
                             f"channel(s), the model needs {self.num_channels}")
-        return _Prepared(data, header(case.files[0]))
+        return _Prepared(data, read_header(case.files[0]))
 
     @torch.inference_mode()
     def infer(self, prepared: _Prepared) -> torch.Tensor:

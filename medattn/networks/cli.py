@@ -1,4 +1,4 @@
-"""``medattn train``: training engines; ``medattn train monai`` trains MONAI networks with attention.
+"""``medattn train monai``: trains MONAI networks with attention (an engine of ``medattn train``).
 
 Only ``argparse`` is imported at module level; torch and MONAI load inside the handler.
 """
@@ -10,6 +10,7 @@ import json
 import sys
 
 from medattn import placement
+from medattn.devices import add_device_argument
 
 NETWORK_NAMES = ("dynunet", "segresnet", "basicunet")
 
@@ -29,15 +30,8 @@ writes out/checkpoint_last.pt (every epoch), out/checkpoint_best.pt, out/metrics
 out/config.json; medattn.networks.load_checkpoint(path) rebuilds the network."""
 
 
-def register(subparsers) -> None:
-    group = subparsers.add_parser(
-        "train",
-        help="train a segmentation network with attention (engine: monai)",
-        description="Train segmentation networks with attention blocks. The nnU-Net engine trains through "
-        "nnU-Net itself (see `medattn nnunet`); `medattn train monai` trains MONAI networks.",
-    )
-    group.set_defaults(group_parser=group)
-    engines = group.add_subparsers(dest="train_engine", metavar="ENGINE")
+def register(engines) -> None:
+    """Add ``monai`` to the engines of ``medattn train`` (the group lives in medattn.cli)."""
     parser = engines.add_parser(
         "monai",
         help="train a MONAI network (DynUNet, SegResNet, BasicUNet) with DSM/SNA/DIA/... in its encoder",
@@ -93,7 +87,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed of split, initial weights and augmentation")
 
     system = parser.add_argument_group("system")
-    system.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, ...")
+    add_device_argument(system, what="training")
     system.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     system.add_argument("--cache-rate", type=float, default=1.0, help="share of preprocessed cases kept in memory")
     system.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")

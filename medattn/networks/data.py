@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medattn.data.io import Geometry, ImageReadError, check_nifti_file, check_same_geometry, read_image
+from medattn.data.io import Geometry, ImageReadError, check_nifti_file, check_same_geometry, read_header, read_image
 
 __all__ = [
     "Case",
@@ -216,24 +216,6 @@ def _in_ras_order(values, axes) -> tuple:
     return tuple(ordered)
 
 
-def header(path: str | Path) -> Geometry:
-    """The :class:`~medattn.data.io.Geometry` of an image file, reading only its header.
-
-    Raises:
-        ImageReadError: naming the file when it cannot be read.
-    """
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise ImageReadError(f"{path}: cannot read image header ({str(err).strip().splitlines()[-1]})") from err
-    size = reader.GetSize()
-    return Geometry(tuple(reversed(size)), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-
-
 def verify_dataset(info: DatasetInfo, progress: bool = True) -> DatasetInfo:
     """Check every case and record spacings and shapes (RAS axis order) on ``info``.
 
@@ -271,7 +253,7 @@ def verify_dataset(info: DatasetInfo, progress: bool = True) -> DatasetInfo:
         if values <= {0}:
             warnings.warn(f"{case.label}: label map is empty (background only)", stacklevel=2)
         for image in case.images:
-            geometry = header(image)
+            geometry = read_header(image)
             if len(geometry.shape) == len(label_geometry.shape) + 1 and len(case.images) == 1:
                 continue  # an MSD 4D multi-modal file: channels last, grid checked by the loader
             check_same_geometry(label_geometry, geometry, names=("label", "image"), context=f"case {case.case_id} ({image})")

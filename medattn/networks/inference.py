@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medattn.data.io import Geometry, case_name, list_images, write_image
-from medattn.networks.data import header
+from medattn.data.io import Geometry, case_name, list_images, read_header, write_image
 from medattn.networks.training import load_checkpoint, resolve_device
 from medattn.networks.transforms import TransformConfig, inference_transforms
 
@@ -103,7 +102,7 @@ class Predictor:
             overlap=self.overlap, mode="gaussian",
         )
         probabilities = torch.softmax(logits[0].float(), dim=0).cpu()
-        return self.to_input_grid(data, probabilities), header(paths[0])
+        return self.to_input_grid(data, probabilities), read_header(paths[0])
 
     def to_input_grid(self, data: dict, probabilities: torch.Tensor) -> np.ndarray:
         """Map class probabilities on the preprocessed grid back to the input file's grid.

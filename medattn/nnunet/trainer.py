@@ -42,6 +42,7 @@ class nnUNetTrainerAttention(nnUNetTrainer):
         num_output_channels: int,
         enable_deep_supervision: bool = True,
     ) -> torch.nn.Module:
+        cls.check_available()
         return build_network(
             plans_manager,
             configuration_manager,
@@ -52,6 +53,10 @@ class nnUNetTrainerAttention(nnUNetTrainer):
             trainer=cls.__name__,
             legacy=cls.legacy,
         )
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ``ValueError`` for a trainer that cannot build its network (retired names)."""
 
     def on_train_start(self):
         super().on_train_start()  # builds the network (nnU-Net initialises here)
@@ -72,14 +77,7 @@ class RetiredTrainer(nnUNetTrainerAttention):
     reason = ""
 
     @classmethod
-    def build_network_architecture(
-        cls,
-        plans_manager,
-        configuration_manager,
-        num_input_channels: int,
-        num_output_channels: int,
-        enable_deep_supervision: bool = True,
-    ) -> torch.nn.Module:
+    def check_available(cls) -> None:
         raise ValueError(f"{cls.__name__} was retired in medattn 0.2: {cls.reason} Use {cls.replacement} instead "
                          "(medattn nnunet list shows every trainer and where it places its blocks)")
 

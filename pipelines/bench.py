@@ -1,14 +1,16 @@
 """``medattn bench``: benchmarks that print measured tables (never timed tests).
 
-Each benchmark lives in ``medattn.pipelines.bench_<name>`` (the repository's
-``pipelines/`` folder) and exposes ``DESCRIPTION``, ``add_arguments(parser)`` and
-``run(args) -> int``.
+Each benchmark is a module ``bench_<name>`` of this folder (installed as
+``medattn.pipelines``) and exposes ``DESCRIPTION``, ``add_arguments(parser)`` and
+``run(args) -> int``. A ``ValueError`` a benchmark raises for its arguments or data is
+printed as an error line with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 # name -> module; the module is imported only when the benchmark runs or its help is shown.
 BENCHMARKS = {
@@ -30,12 +32,7 @@ def register(subparsers) -> None:
     group.set_defaults(group_parser=group)
     inner = group.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name, module_name in BENCHMARKS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue  # not written yet
+        module = importlib.import_module(module_name)
         parser = inner.add_parser(
             name,
             help=module.DESCRIPTION.splitlines()[0],
@@ -43,4 +40,18 @@ def register(subparsers) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(parser)
-        parser.set_defaults(handler=module.run)
+        parser.set_defaults(handler=_Handler(name, module.run))
+
+
+class _Handler:
+    """Runs one benchmark; its argument and data errors become an error line and exit 2."""
+
+    def __init__(self, name: str, run):
+        self.name, self.run = name, run
+
+    def __call__(self, args) -> int:
+        try:
+            return self.run(args)
+        except ValueError as err:
+            print(f"medattn bench {self.name}: error: {err}", file=sys.stderr)
+            return 2
