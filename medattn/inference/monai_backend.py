@@ -100,6 +100,7 @@ class MonaiBackend:
         from medattn.networks.transforms import TransformConfig, inference_transforms
 
         network, config = load_checkpoint(checkpoint)
+        self.config = config
         self.transforms = TransformConfig.from_dict(config["transforms"])
         self.preprocess = inference_transforms(self.transforms)
         self.num_channels = int(config["network"]["in_channels"])
@@ -139,18 +140,32 @@ class MonaiBackend:
         )
         return torch.softmax(logits[0].float(), dim=0).cpu()
 
+    def to_input_grid(self, data: dict, probabilities: torch.Tensor) -> np.ndarray:
+        """Class probabilities on the preprocessed grid, mapped back to the input file's grid.
+
+        Args:
+            data: the preprocessing's output for the case (its ``"image"`` carries the
+                applied operations that MONAI's ``Invertd`` undoes).
+            probabilities: (K, *spatial) on the preprocessed grid.
+
+        Returns:
+            (K, *spatial) in SimpleITK's (z, y, x) order of the input file. Probabilities are
+            resampled with linear interpolation, then argmax-ed by the caller: smoother
+            boundaries than resampling the label map with nearest neighbour.
+        """
+        from monai.transforms import Invertd
+
+        data = dict(data)
+        data["pred"] = data["image"].clone().set_array(probabilities)
+        inverted = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
+        array = torch.as_tensor(inverted["pred"]).numpy()
+        # MONAI's (K, x, y[, z]) -> SimpleITK's (K, [z,] y, x)
+        return np.ascontiguousarray(array.transpose(0, *range(array.ndim - 1, 0, -1)))
+
     def export(self, case: Case, prepared: _Prepared, probabilities: torch.Tensor, output_dir: Path,
                save_probabilities: bool) -> None:
         """Probabilities back to the input grid (``Invertd``), argmax, atomic writes."""
-        from monai.transforms import Invertd
-
-        data = dict(prepared.data)
-        data["pred"] = data["image"].clone().set_array(probabilities)
-        inverted = Invertd(keys="pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
-        # MONAI's (K, x, y, z) -> SimpleITK's (K, z, y, x)
-        on_input_grid = np.ascontiguousarray(torch.as_tensor(inverted["pred"]).numpy().transpose(0, 3, 2, 1)
-                                             if probabilities.ndim == 4 else
-                                             torch.as_tensor(inverted["pred"]).numpy().transpose(0, 2, 1))
+        on_input_grid = self.to_input_grid(prepared.data, probabilities)
         if tuple(on_input_grid.shape[1:]) != tuple(prepared.geometry.shape):
             raise CaseError(f"{case.files[0]}: internal error: prediction shape {on_input_grid.shape[1:]} "
                             f"differs from the input's {prepared.geometry.shape}")

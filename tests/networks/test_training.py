@@ -206,7 +206,7 @@ def test_cli_trains_two_epochs_and_the_checkpoint_predicts(phantom, tmp_path):
     assert all(0 <= float(r["val_mean_dice"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # poly decay
     network, config = load_checkpoint(out / "checkpoint_last.pt")
-    assert config["epoch"] == 2 and config["network"]["attention"] == "dsm"
+    assert config["epoch"] == 2 and config["network"]["attention"] == "dsm@after_conv2"
     assert len(insertion.attached_blocks(network)) == 4  # every DynUNet encoder stage
     assert config["transforms"]["intensity"] == "ct" and config["transforms"]["roi"] == [32, 32, 16]
     assert len(config["split"]["val"]) == 1 and len(config["split"]["train"]) == 3
