@@ -13,6 +13,7 @@ returned as numpy arrays in SimpleITK's (z, y, x) order together with their
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -180,6 +181,34 @@ def read_header(path: str | os.PathLike) -> Geometry:
     return header_geometry(open_header(path))
 
 
+#: The most a file's voxels may expand beyond its size on disk: deflate (gzip, zlib) cannot
+#: compress better than about 1032:1, so a header claiming more describes data that is not there.
+MAX_EXPANSION = 1100
+
+
+def check_declared_size(reader, path: str | os.PathLike) -> None:
+    """Refuse a header whose dimensions declare more voxels than the file can hold, before
+    anything allocates them (a corrupt or hostile header could ask for terabytes).
+
+    Formats whose header names a separate data file (``.mhd``, ``.nhdr``, ``.hdr``) are
+    not bounded here; their reader fails on the missing bytes.
+
+    Args:
+        reader: an :func:`open_header` reader of ``path``.
+
+    Raises:
+        ImageReadError: naming the file, the declared size and the file's size.
+    """
+    if Path(path).suffix.lower() in (".mhd", ".nhdr", ".hdr"):
+        return
+    size = [int(v) for v in reader.GetSize()]
+    values = math.prod(size) * max(1, int(reader.GetNumberOfComponents()))
+    on_disk = Path(path).stat().st_size
+    if values > MAX_EXPANSION * on_disk:
+        raise ImageReadError(f"{path}: header declares {size} voxels ({values:,} values), more than a file of "
+                             f"{on_disk:,} bytes can hold: corrupt or not an image")
+
+
 def read_image(path: str | os.PathLike):
     """Read an image with SimpleITK.
 
@@ -194,6 +223,7 @@ def read_image(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
+    check_declared_size(open_header(path), path)
     try:
         image = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(image)
@@ -233,7 +263,7 @@ def check_nifti_file(path: str | os.PathLike) -> None:
         proxy = nibabel.load(str(path)).dataobj
         dtype = np.dtype(proxy.dtype)
         # The proxy's offset is where the data start, even when the header's vox_offset is 0.
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * dtype.itemsize
+        expected = int(proxy.offset) + math.prod(int(n) for n in proxy.shape) * dtype.itemsize
         if path.name.lower().endswith(".gz"):
             size = 0
             with gzip.open(path, "rb") as stream:
@@ -244,8 +274,9 @@ def check_nifti_file(path: str | os.PathLike) -> None:
         if size < expected:
             raise ImageReadError(f"{path}: file is truncated ({size} bytes, its header needs {expected})")
         stored = np.asanyarray(proxy) if dtype.kind == "f" else None
-    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as err:
-        raise ImageReadError(f"{path}: cannot read image ({err})") from err
+    except (EOFError, OSError, zlib.error, ValueError, nibabel.filebasedimages.ImageFileError,
+            nibabel.spatialimages.HeaderDataError) as err:  # malformed headers raise the last two
+        raise ImageReadError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
     if stored is not None and not np.isfinite(stored).all():
         n_nan = int(np.isnan(stored).sum())
         n_inf = int(np.count_nonzero(~np.isfinite(stored))) - n_nan

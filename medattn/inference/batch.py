@@ -113,7 +113,8 @@ def check_step_size(step_size: float) -> None:
 
 
 def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = None, device="auto", tta: bool = True,
-                 step_size: float = DEFAULT_STEP_SIZE, postprocessing: str | os.PathLike | None = None):
+                 step_size: float = DEFAULT_STEP_SIZE, postprocessing: str | os.PathLike | None = None,
+                 trust_model: bool = False):
     """The backend (:class:`~medattn.inference.backend.Backend`) for a detected model."""
     check_step_size(step_size)
     device = resolve_device(device) if isinstance(device, str) else device
@@ -123,7 +124,7 @@ def load_backend(source: ModelSource, *, folds=None, checkpoint: str | None = No
         if folds is None and source.fold is not None:
             folds = [source.fold]
         return NNUNetBackend(source.path, folds, checkpoint, device, tta=tta, step_size=step_size,
-                             postprocessing=postprocessing)
+                             postprocessing=postprocessing, trust=trust_model)
     if folds:
         raise ValueError(f"--folds applies to nnU-Net models; {source.path} is a single MONAI checkpoint")
     if postprocessing is not None:
@@ -193,6 +194,7 @@ def predict(
     postprocessing: str | os.PathLike | None = None,
     num_parts: int = 1,
     part_id: int = 0,
+    trust_model: bool = False,
 ) -> PredictionReport:
     """Predict a label map for every case of ``inputs`` into ``output_dir``.
 
@@ -224,11 +226,16 @@ def predict(
             applied to each label map before it is written, as
             ``nnUNetv2_apply_postprocessing`` would afterwards. Probabilities are saved
             before it, as nnU-Net saves them. A cascade's previous stage is not
-            post-processed. The file is a pickle: load only files you trust.
+            post-processed. The pickle is read by a restricted unpickler that admits
+            nnU-Net's postprocessing functions only (see ``trust_model``).
         num_parts, part_id: predict only every ``num_parts``-th case of the sorted case
             names, starting at ``part_id`` (nnU-Net's ``-num_parts``/``-part_id``): run
             ``num_parts`` processes, one per GPU, with ``part_id`` 0 .. ``num_parts - 1``
             on the same output folder; together they predict every case once.
+        trust_model: read nnU-Net checkpoints and ``postprocessing`` with full pickle
+            support (:mod:`medattn.safe_loading`; ``--trust-model``). Without it, files
+            that would need more than tensors, plain containers and nnU-Net's numpy types
+            are refused before anything in them runs.
 
     Returns:
         A :class:`PredictionReport`; failures do not raise.
@@ -255,7 +262,7 @@ def predict(
     threads = torch.get_num_threads()
     try:
         backend = load_backend(source, folds=folds, checkpoint=checkpoint, device=device, tta=tta,
-                               step_size=step_size, postprocessing=postprocessing)
+                               step_size=step_size, postprocessing=postprocessing, trust_model=trust_model)
         cases, problems = _this_part(*group_cases(files, backend.num_channels), num_parts, part_id)
         report = PredictionReport(model=backend.description)
         report.failures += [CaseFailure(p.name, p.message) for p in problems]
@@ -263,7 +270,7 @@ def predict(
             stage = _run_previous_stage(
                 backend, source, previous_stage, [path for case in cases for path in case.files], output_dir,
                 dict(folds=folds, checkpoint=checkpoint, device=device, tta=tta, step_size=step_size,
-                     overwrite=overwrite, jobs=jobs, progress=progress),
+                     overwrite=overwrite, jobs=jobs, progress=progress, trust_model=trust_model),
             )
             failed = {failure.case for failure in report.failures}
             report.failures += [f for f in stage.failures if f.case not in failed]

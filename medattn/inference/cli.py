@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from medattn.devices import add_device_argument
+from medattn.safe_loading import TRUST_HELP
 
 EXAMPLES = """\
 examples:
@@ -80,7 +81,9 @@ def register(subparsers) -> None:
     parser.add_argument("--postprocessing", metavar="PKL",
                         help="nnU-Net models only: apply nnU-Net's postprocessing.pkl (from "
                         "nnUNetv2_find_best_configuration, e.g. in crossval_results_folds_0_1_2_3_4/) to every label "
-                        "map, as nnUNetv2_apply_postprocessing does; a pickle, so only files you trust")
+                        "map, as nnUNetv2_apply_postprocessing does (read without running code from it, see "
+                        "--trust-model)")
+    parser.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     parser.add_argument("--num-parts", type=_positive, default=1, metavar="N",
                         help="split the cases into N parts and predict one (nnU-Net's -num_parts): run N processes, "
                         "e.g. one per GPU, on the same --output (default: 1)")
@@ -141,6 +144,7 @@ def run(args) -> int:
             tta=not args.no_tta, step_size=args.step_size, save_probabilities=args.save_probabilities,
             overwrite=args.overwrite, jobs=args.jobs, progress=not args.no_progress, previous_stage=args.previous_stage,
             postprocessing=args.postprocessing, num_parts=args.num_parts, part_id=args.part_id,
+            trust_model=args.trust_model,
         )
     except (ValueError, OSError) as err:
         print(f"medattn predict: error: {err}", file=sys.stderr)

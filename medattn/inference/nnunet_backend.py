@@ -55,29 +55,34 @@ def available_folds(folder: Path, checkpoint: str = CHECKPOINT) -> list[int | st
     return ["all"] if (folder / "fold_all" / checkpoint).is_file() else []
 
 
-def load_postprocessing(path: str | os.PathLike) -> tuple[list, list]:
+def load_postprocessing(path: str | os.PathLike, trust: bool = False) -> tuple[list, list]:
     """nnU-Net's ``postprocessing.pkl``: ``(functions, keyword arguments)``, one pair per step.
 
     ``nnUNetv2_find_best_configuration`` writes it; each function takes a label map (and the
     keywords) and returns one, e.g. ``remove_all_but_largest_component_from_segmentation``
     with ``labels_or_regions``. An empty pair means "no postprocessing", which nnU-Net
-    writes when removing components did not help.
+    writes when removing components did not help. The pickle is read by
+    :func:`medattn.safe_loading.load_postprocessing_pickle`: only nnU-Net's postprocessing
+    functions are admitted unless ``trust``.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if it is not a readable pickle of that shape, naming the file.
+        ValueError: if it is not a readable pickle of that shape, or names a refused
+            global, naming the file.
     """
-    import pickle
+    from medattn.safe_loading import UntrustedFileError, load_postprocessing_pickle
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--postprocessing {path}: no such file")
     try:
-        with open(path, "rb") as stream:
-            steps = pickle.load(stream)
-    except Exception as err:
+        steps = load_postprocessing_pickle(path, trust=trust)
+    except UntrustedFileError as err:
+        raise UntrustedFileError(f"--postprocessing {err}") from None
+    except Exception as err:  # malformed pickles; with --trust-model, pickle's own errors
+        cause = err.__cause__ or err
         raise ValueError(f"--postprocessing {path}: not a readable postprocessing.pkl "
-                         f"({type(err).__name__}: {err})") from err
+                         f"({type(cause).__name__}: {cause})") from err
     valid = (isinstance(steps, (tuple, list)) and len(steps) == 2 and all(isinstance(s, list) for s in steps)
              and len(steps[0]) == len(steps[1]) and all(callable(f) for f in steps[0])
              and all(isinstance(k, dict) for k in steps[1]))
@@ -114,20 +119,19 @@ class NNUNetBackend:
     """
 
     kind = "nnunet"
-    legacy_note = ""
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] | None, checkpoint: str | None,
                  device: torch.device, tta: bool = True, step_size: float = 0.5,
-                 postprocessing: str | os.PathLike | None = None):
+                 postprocessing: str | os.PathLike | None = None, trust: bool = False):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
         from medattn.nnunet import register_trainers
-        from medattn.nnunet.network import LegacyPlacementError
+        from medattn.safe_loading import UntrustedFileError
 
         checkpoint = checkpoint or CHECKPOINT
         folds = _check_folds(model_dir, folds, checkpoint)
-        self.postprocessing = load_postprocessing(postprocessing) if postprocessing is not None else ([], [])
+        self.postprocessing = load_postprocessing(postprocessing, trust) if postprocessing is not None else ([], [])
         register_trainers()
         # nnU-Net prints its trainer search and device notes; keep them for errors only.
         chatter = io.StringIO()
@@ -137,14 +141,9 @@ class NNUNetBackend:
                     tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                     perform_everything_on_device=device.type == "cuda", device=device, allow_tqdm=False,
                 )
-                try:
-                    predictor.initialize_from_trained_model_folder(str(model_dir), folds, checkpoint)
-                except LegacyPlacementError as legacy:
-                    if legacy.replacement is None:
-                        raise
-                    _initialize_as(predictor, model_dir, folds, checkpoint, legacy.replacement)
-                    self.legacy_note = (f" (trained as {legacy.trainer} of medattn < 0.2, predicted as "
-                                        f"{legacy.replacement}, which has that placement now)")
+                self.legacy_note = _initialize(predictor, model_dir, folds, checkpoint, trust)
+        except UntrustedFileError:
+            raise
         except Exception as err:
             raise ValueError(f"{model_dir}: cannot load the nnU-Net model ({type(err).__name__}: {err})\n"
                              f"{chatter.getvalue().strip()}") from err
@@ -256,27 +255,55 @@ class NNUNetBackend:
             writer.write_seg(segmentation, str(tmp), prepared.properties)
 
 
-def _initialize_as(predictor, model_dir: Path, folds, checkpoint_name: str, trainer_name: str) -> None:
-    """Finish ``predictor``'s initialisation with ``trainer_name``'s network: nnU-Net's own
-    ``initialize_from_trained_model_folder`` read the plans and weights, then stopped at a
-    checkpoint whose trainer name now places its blocks elsewhere."""
+def _initialize(predictor, model_dir: Path, folds, checkpoint_name: str, trust: bool) -> str:
+    """Initialise ``predictor`` from a training output folder, as nnU-Net's
+    ``initialize_from_trained_model_folder`` does, but reading every checkpoint with
+    :func:`medattn.safe_loading.load_checkpoint` (nnU-Net's own reader unpickles anything).
+
+    A checkpoint of medattn < 0.2 whose trainer name now places its blocks elsewhere is
+    predicted with the trainer that has the old placement now.
+
+    Returns:
+        A note for the model description ("" normally).
+    """
     import json
 
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from medattn.nnunet.catalog import get_trainer_class
+    from medattn.nnunet.network import LegacyPlacementError
+    from medattn.safe_loading import load_checkpoint
 
-    saved = torch.load(model_dir / f"fold_{folds[0]}" / checkpoint_name, map_location="cpu", weights_only=False)
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
-    plans_manager, configuration_manager = predictor.plans_manager, predictor.configuration_manager
-    network = get_trainer_class(trainer_name).build_network_architecture(
-        plans_manager, configuration_manager,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, False,
-    )
-    network.load_state_dict(predictor.list_of_parameters[0])
-    predictor.manual_initialization(network, plans_manager, configuration_manager, predictor.list_of_parameters,
-                                    dataset_json, trainer_name, saved.get("inference_allowed_mirroring_axes"))
+    plans_manager = PlansManager(json.loads((model_dir / "plans.json").read_text()))
+    saved = [load_checkpoint(model_dir / f"fold_{fold}" / checkpoint_name, trust=trust) for fold in folds]
+    parameters = [checkpoint["network_weights"] for checkpoint in saved]
+    trainer_name = saved[0]["trainer_name"]
+    configuration_manager = plans_manager.get_configuration(saved[0]["init_args"]["configuration"])
+
+    def build(name: str):
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        network = recursive_find_trainer_class_by_name(name).build_network_architecture(
+            plans_manager, configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, False,
+        )
+        network.load_state_dict(parameters[0])
+        return network
+
+    note = ""
+    try:
+        network = build(trainer_name)
+    except LegacyPlacementError as legacy:
+        if legacy.replacement is None:
+            raise
+        network, note = build(legacy.replacement), (f" (trained as {legacy.trainer} of medattn < 0.2, predicted as "
+                                                    f"{legacy.replacement}, which has that placement now)")
+        trainer_name = legacy.replacement
+    predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                    trainer_name, saved[0].get("inference_allowed_mirroring_axes"))
+    return note
 
 
 def _check_folds(model_dir: Path, folds, checkpoint: str) -> list[int | str]:

@@ -10,6 +10,7 @@ import torch
 from medattn.data.io import atomic_write
 from medattn.nnunet.network import load_stock_weights
 from medattn.nnunet.trainer import TrainingSchedule, nnUNetTrainerAttention
+from medattn.safe_loading import load_checkpoint
 from medattn.nnunet.trainers import medattn_trainers
 
 
@@ -48,19 +49,28 @@ def trainer_table() -> str:
     return "\n".join(rows)
 
 
-def adapt_stock_checkpoint(checkpoint: str | Path, trainer_name: str, output: str | Path) -> list[str]:
+def adapt_stock_checkpoint(checkpoint: str | Path, trainer_name: str, output: str | Path,
+                           trust: bool = False) -> list[str]:
     """Write a checkpoint for ``trainer_name`` holding a stock checkpoint's weights.
 
     nnU-Net's ``-pretrained_weights`` requires every key of the new network in the file;
     this fills the attention keys with their initial values and keeps every stock tensor.
 
+    Args:
+        trust: read the checkpoint with full pickle support (``--trust-model``); without
+            it, :func:`medattn.safe_loading.load_checkpoint` refuses code in the file.
+
     Returns:
         The attention keys that were initialised rather than loaded.
+
+    Raises:
+        ValueError: for a file that is not a stock nnU-Net checkpoint, or that names a
+            refused global, naming it; for an unknown trainer.
     """
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(checkpoint, trust=trust)
     if "init_args" not in saved or "network_weights" not in saved:
         raise ValueError(f"{checkpoint}: not an nnU-Net checkpoint (needs 'init_args' and 'network_weights')")
     init_args = saved["init_args"]

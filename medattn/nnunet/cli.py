@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from medattn.safe_loading import TRUST_HELP
+
 
 def register(subparsers) -> None:
     group = subparsers.add_parser(
@@ -48,6 +50,7 @@ def register(subparsers) -> None:
     adapt.add_argument("checkpoint", help="stock nnU-Net checkpoint (.pth) holding init_args and network_weights")
     adapt.add_argument("--trainer", required=True, help="medattn trainer name, e.g. nnUNetTrainerDSM")
     adapt.add_argument("-o", "--output", required=True, help="where to write the adapted checkpoint")
+    adapt.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     adapt.set_defaults(handler=_adapt)
 
 
@@ -66,8 +69,14 @@ def _list(args) -> int:
 
 
 def _adapt(args) -> int:
+    import sys
+
     from medattn.nnunet.catalog import adapt_stock_checkpoint
 
-    missing = adapt_stock_checkpoint(args.checkpoint, args.trainer, args.output)
+    try:
+        missing = adapt_stock_checkpoint(args.checkpoint, args.trainer, args.output, trust=args.trust_model)
+    except (ValueError, OSError) as err:
+        print(f"medattn nnunet adapt-checkpoint: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.output}: stock weights plus {len(missing)} freshly initialised attention tensors")
     return 0

@@ -238,7 +238,7 @@ def build_network(
     return network
 
 
-def load_stock_weights(network: nn.Module, checkpoint) -> list[str]:
+def load_stock_weights(network: nn.Module, checkpoint, trust: bool = False) -> list[str]:
     """Load a stock nnU-Net checkpoint into an attention network, for fine-tuning.
 
     Every stock key must exist in ``network`` with the same shape; the attention keys keep
@@ -246,8 +246,9 @@ def load_stock_weights(network: nn.Module, checkpoint) -> list[str]:
 
     Args:
         network: a network built by :func:`build_network`.
-        checkpoint: a path to an nnU-Net ``checkpoint_*.pth``, a checkpoint dict, or a
-            state dict.
+        checkpoint: a path to an nnU-Net ``checkpoint_*.pth`` (read by
+            :func:`medattn.safe_loading.load_checkpoint`), a checkpoint dict, or a state dict.
+        trust: read a path with full pickle support (``--trust-model``).
 
     Returns:
         The keys that the checkpoint did not provide (exactly the inserted blocks' keys).
@@ -257,7 +258,9 @@ def load_stock_weights(network: nn.Module, checkpoint) -> list[str]:
             checkpoint of the same plans.
     """
     if not isinstance(checkpoint, Mapping):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        from medattn.safe_loading import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint, trust=trust)
     state = dict(checkpoint.get("network_weights", checkpoint))
     if hasattr(network, PLACEMENT_KEY):
         state.setdefault(PLACEMENT_KEY, getattr(network, PLACEMENT_KEY).clone())

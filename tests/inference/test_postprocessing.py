@@ -49,7 +49,7 @@ def test_load_postprocessing_reads_nnunets_format(tmp_path):
 @pytest.mark.parametrize("content, problem", [
     (b"not a pickle at all", "not a readable postprocessing.pkl"),
     (pickle.dumps({"postprocessing": "largest"}), "expected nnU-Net's (functions, keyword arguments)"),
-    (pickle.dumps(([len], [])), "expected nnU-Net's (functions, keyword arguments)"),
+    (pickle.dumps(([len], [])), "refused: it names the global builtins.len"),
     (pickle.dumps((["remove"], [{}])), "expected nnU-Net's (functions, keyword arguments)"),
 ])
 def test_unusable_postprocessing_files_are_named(tmp_path, content, problem):

@@ -371,3 +371,25 @@ def test_a_model_of_an_old_placement_predicts_as_its_replacement(stock_model, sm
         run_nnunet("nnUNetv2_predict_from_modelfolder",
                    ["-i", inputs, "-o", tmp_path / "theirs", "-m", legacy, "-f", "0", "-device", "cpu",
                     "-npp", 1, "-nps", 1, "--disable_progress_bar", "--disable_tta"], env, timeout=600)
+
+
+def test_a_crafted_model_folder_is_refused_before_any_of_its_code_runs(stock_model, small_images, tmp_path,
+                                                                        capsys):
+    """A checkpoint whose pickle would create a marker file: medattn predict exits 2 naming
+    the file, and the marker never appears; --trust-model unpickles it (the payload is real)."""
+    from tests.test_safe_loading import _crafted_checkpoint
+
+    model = tmp_path / stock_model.name
+    (model / "fold_0").mkdir(parents=True)
+    for name in MODEL_FILES:
+        shutil.copy(stock_model / name, model / name)
+    marker = tmp_path / "marker"
+    checkpoint = _crafted_checkpoint(model / "fold_0" / "checkpoint_final.pth", marker)
+    argv = ["predict", "--model", str(model), "--input", str(small_images), "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--no-tta", "--no-progress"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{checkpoint}: refused: it names the global builtins.open" in error and "--trust-model" in error
+    assert not marker.exists()
+    assert main(argv + ["--trust-model"]) != 0  # not a real model either, but it was unpickled
+    assert marker.exists()

@@ -125,3 +125,25 @@ def test_dsnet_position_trainers_train_and_predict_on_resenc_plans(preprocessed_
                 "3d_fullres", "-f", 0, "-p", "nnUNetResEncUNetMPlans", "-tr", trainer, "-chk",
                 "checkpoint_final.pth", "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"], env, timeout=600)
     assert len(list_images(out)) == len(list_images(preprocessed_resenc["raw"] / DATASET / "labelsTs"))
+
+
+def test_postprocessing_found_by_nnunet_loads_safely_and_predicts(trained, tmp_path):
+    """`nnUNetv2_find_best_configuration` on the trained fold writes postprocessing.pkl; medattn
+    reads it with its restricted unpickler (no --trust-model) and applies it."""
+    from medattn.cli import main
+    from medattn.inference.nnunet_backend import load_postprocessing
+
+    trainer, model_folder, dirs = trained
+    if trainer != "nnUNetTrainerDSM_smoke":
+        pytest.skip("one trainer is enough for the postprocessing round trip")
+    run_nnunet("nnUNetv2_find_best_configuration",
+               [DATASET_ID, "-c", "3d_fullres", "-tr", trainer, "-f", 0, "-np", 1], dirs["env"], timeout=900)
+    pickles = list(model_folder.glob("crossval_results_folds_0/postprocessing.pkl"))
+    assert pickles, f"nnU-Net wrote no postprocessing.pkl under {model_folder}"
+    functions, keywords = load_postprocessing(pickles[0])
+    assert len(functions) == len(keywords)
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_folder), "--input", str(dirs["raw"] / DATASET / "imagesTs"),
+                 "--output", str(out), "--device", "cpu", "--no-tta", "--no-progress",
+                 "--postprocessing", str(pickles[0])]) == 0
+    assert len(list_images(out)) == len(list_images(dirs["raw"] / DATASET / "imagesTs"))
