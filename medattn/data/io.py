@@ -190,8 +190,11 @@ def check_declared_size(reader, path: str | os.PathLike) -> None:
     """Refuse a header whose dimensions declare more voxels than the file can hold, before
     anything allocates them (a corrupt or hostile header could ask for terabytes).
 
-    Formats whose header names a separate data file (``.mhd``, ``.nhdr``, ``.hdr``) are
-    not bounded here; their reader fails on the missing bytes.
+    The bound is sound because a voxel value takes at least one byte and deflate (NIfTI's
+    gzip, MHA's zlib, PNG) expands at most about 1032-fold, headers included: an all-zero
+    uint8 mask written compressed by SimpleITK comes to 1017 values per byte. NRRD may use
+    bzip2, which has no such limit, and ``.mhd``, ``.nhdr`` and ``.hdr`` headers name a
+    separate data file: those are not bounded here.
 
     Args:
         reader: an :func:`open_header` reader of ``path``.
@@ -199,7 +202,7 @@ def check_declared_size(reader, path: str | os.PathLike) -> None:
     Raises:
         ImageReadError: naming the file, the declared size and the file's size.
     """
-    if Path(path).suffix.lower() in (".mhd", ".nhdr", ".hdr"):
+    if Path(path).suffix.lower() in (".nrrd", ".mhd", ".nhdr", ".hdr"):
         return
     size = [int(v) for v in reader.GetSize()]
     values = math.prod(size) * max(1, int(reader.GetNumberOfComponents()))

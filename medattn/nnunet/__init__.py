@@ -1,7 +1,7 @@
 """The nnU-Net v2 engine: networks built from nnU-Net's plans with attention inserted.
 
-- :mod:`medattn.nnunet.network`: :class:`AttentionPlan`, :func:`insert_attention`,
-  :func:`build_network`, :func:`load_stock_weights`.
+- :mod:`medattn.nnunet.network`: the placement adapter of nnU-Net's encoders,
+  :func:`insert_attention`, :func:`build_network`, :func:`load_stock_weights`.
 - :mod:`medattn.nnunet.trainer`: the trainer base class and the smoke schedule.
 - ``medattn/nnunet/trainers/``: the trainer modules nnU-Net finds through
   ``nnUNet_extTrainer`` (see :func:`ext_trainer_env`).

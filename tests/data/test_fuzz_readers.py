@@ -169,3 +169,18 @@ def test_a_header_declaring_more_voxels_than_the_file_holds_is_refused_before_al
     path.write_bytes(bytes(data))
     with pytest.raises(ImageReadError, match=r"bomb.nii: header declares \[30000, 30000, 30000\] voxels"):
         read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_an_all_zero_mask_compressed_to_the_limit_still_reads(tmp_path, suffix):
+    """The size bound must not refuse real files: deflate's best case, an all-zero uint8
+    mask, comes to about 1017 values per byte, under the bound of 1100."""
+    import SimpleITK as sitk
+
+    from medattn.data.io import MAX_EXPANSION, read_image
+
+    path = tmp_path / f"empty{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((96, 256, 256), np.uint8)), str(path), True)
+    assert 900 < 96 * 256 * 256 / path.stat().st_size < MAX_EXPANSION
+    array, _ = read_image(path)
+    assert array.shape == (96, 256, 256) and not array.any()

@@ -389,7 +389,8 @@ def test_a_crafted_model_folder_is_refused_before_any_of_its_code_runs(stock_mod
             "--device", "cpu", "--no-tta", "--no-progress"]
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert f"{checkpoint}: refused: it names the global builtins.open" in error and "--trust-model" in error
+    assert re.search(rf"{re.escape(str(checkpoint))}: refused: it names the global (io|builtins).open", error)
+    assert "--trust-model" in error
     assert not marker.exists()
     assert main(argv + ["--trust-model"]) != 0  # not a real model either, but it was unpickled
     assert marker.exists()
