@@ -8,8 +8,9 @@ tensors and plain containers only, and admits an explicit list of further types:
 - nnU-Net 2.8 checkpoints: numpy's ``dtype`` and scalar reconstructor and the numeric dtype
   classes (``numpy.dtypes.Float32DType``, ...), which its training log holds;
 - ``postprocessing.pkl``: a restricted unpickler that admits only the postprocessing
-  functions of ``nnunetv2.postprocessing.remove_connected_components`` and plain
-  containers.
+  functions of ``nnunetv2.postprocessing.remove_connected_components``, plain containers
+  and the same numpy types (``nnUNetv2_find_best_configuration`` stores the labels as
+  numpy integers).
 
 Anything else is refused with :class:`UntrustedFileError`, which names the file and the
 global it refused. ``trust=True`` (the commands' ``--trust-model``) is the escape hatch:
@@ -104,11 +105,18 @@ def _first_line(err: Exception) -> str:
     return lines[0] if lines else "unknown error"
 
 
+def _numpy_globals() -> frozenset:
+    """(module, name) of numpy's dtype, scalar reconstructor and numeric dtype classes."""
+    return frozenset({("numpy", "dtype"), ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
+                     | {("numpy.dtypes", name) for name in _NUMPY_DTYPE_NAMES})
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits :data:`POSTPROCESSING_GLOBALS` and nothing else that a pickle could call."""
+    """Admits :data:`POSTPROCESSING_GLOBALS`, numpy's scalar types and nothing else that a
+    pickle could call."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) in POSTPROCESSING_GLOBALS:
+        if (module, name) in POSTPROCESSING_GLOBALS or (module, name) in _numpy_globals():
             return super().find_class(module, name)
         raise UntrustedFileError(f"the global {module}.{name}")
 

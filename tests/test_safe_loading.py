@@ -58,8 +58,12 @@ def test_nnunets_postprocessing_functions_and_plain_data_are_admitted(tmp_path):
         remove_all_but_largest_component_from_segmentation,
     )
 
+    import numpy as np
+
     path = tmp_path / "postprocessing.pkl"
-    steps = ([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": (1, [2, 3])}])
+    # nnUNetv2_find_best_configuration stores labels as numpy integers.
+    steps = ([remove_all_but_largest_component_from_segmentation],
+             [{"labels_or_regions": (1, [np.int64(2), 3])}])
     path.write_bytes(pickle.dumps(steps))
     assert load_postprocessing_pickle(path) == steps
 

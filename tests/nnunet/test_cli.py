@@ -66,13 +66,14 @@ def test_trainers_keep_nnunets_init_signature():
                                "num_output_channels", "enable_deep_supervision"], name
 
 
-def test_adapt_checkpoint_rejects_a_file_that_is_not_an_nnunet_checkpoint(tmp_path):
+def test_adapt_checkpoint_rejects_a_file_that_is_not_an_nnunet_checkpoint(tmp_path, capsys):
     import torch
 
     bogus = tmp_path / "bogus.pth"
     torch.save({"weights": {}}, bogus)
-    with pytest.raises(ValueError, match="not an nnU-Net checkpoint"):
-        main(["nnunet", "adapt-checkpoint", str(bogus), "--trainer", "nnUNetTrainerDSM", "-o", str(tmp_path / "o.pth")])
+    assert main(["nnunet", "adapt-checkpoint", str(bogus), "--trainer", "nnUNetTrainerDSM",
+                 "-o", str(tmp_path / "o.pth")]) == 2
+    assert f"error: {bogus}: not an nnU-Net checkpoint" in capsys.readouterr().err  # a message, no traceback
     assert not (tmp_path / "o.pth").exists()
 
 
