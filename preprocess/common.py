@@ -299,8 +299,12 @@ def dataset_folder(root: str | os.PathLike, dataset_id: int, name: str) -> Path:
         raise ValueError(f"dataset id must be an integer in 1..999, got {dataset_id!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name or ""):
         raise ValueError(f"dataset name must be letters, digits, '_' or '-', got {name!r}")
-    root = Path(root)
+    from medattn.data.io import check_output_folder, remove_stale_temporaries
+
+    root = check_output_folder(root, "--out")
     folder = root / f"Dataset{dataset_id:03d}_{name}"
+    for sub in ("", "imagesTr", "labelsTr", "imagesTs", "labelsTs"):  # what a killed run left
+        remove_stale_temporaries(folder / sub)
     if root.is_dir():
         clashes = [p.name for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir() and p != folder]
         if clashes:

@@ -208,10 +208,13 @@ def convert_dicom(src: str | os.PathLike, out: str | os.PathLike, series_uid: st
     """
     import SimpleITK as sitk
 
-    from medattn.data.io import Geometry, image_suffix, write_image
+    from medattn.data.io import Geometry, check_output_folder, image_suffix, remove_stale_temporaries, write_image
 
     if not image_suffix(out):
         raise ValueError(f"{out}: output must end in .nii.gz, .nii, .nrrd, .mha or .mhd")
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the output file, e.g. {Path(out) / 'ct.nii.gz'}")
+    remove_stale_temporaries(check_output_folder(Path(out).parent, "--out"), {Path(out).name})
     series = select_series(src, series_uid)
     image = read_series(series)
     geometry = Geometry.of(image)

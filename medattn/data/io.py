@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,8 +287,35 @@ def check_nifti_file(path: str | os.PathLike) -> None:
         raise NonFiniteImageError(f"{path}: {n_nan} NaN and {n_inf} infinite voxel(s)")
 
 
+def check_output_folder(path: str | os.PathLike, option: str = "--output") -> Path:
+    """Refuse an output folder that is a file or lies under one, before any work is done
+    (the operating system would only say "[Errno 17] File exists" or "Not a directory").
+
+    Raises:
+        ValueError: naming the option, the path and the file in the way.
+    """
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+                raise ValueError(f"{option} {path}: {where}, not a folder")
+            break
+    return path
+
+
+#: Formats whose header names a separate voxel file (``m.mhd`` + ``m.zraw``).
+DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")
+
+
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
     """Write ``array`` with ``geometry`` to ``path`` atomically (format from the suffix).
+
+    A format with a detached header (:data:`DETACHED_HEADER_SUFFIXES`) is written into a
+    temporary folder beside ``path`` under its final names, so that the header names the
+    voxel file as it will be called; the voxel file is moved into place first, the header
+    last. A kill before that leaves only the temporary folder, which
+    :func:`remove_stale_temporaries` removes.
 
     Raises:
         GeometryMismatchError: if the array's shape is not the geometry's shape.
@@ -301,9 +329,56 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
         )
     image = sitk.GetImageFromArray(array)
     geometry.apply_to(image)
-    with atomic_write(path, suffix=image_suffix(path) or Path(path).suffix) as tmp:
+    path = Path(path)
+    if path.suffix.lower() in DETACHED_HEADER_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent) as folder:
+            staged = Path(folder) / path.name
+            sitk.WriteImage(image, str(staged), useCompression=True)
+            for written in Path(folder).iterdir():
+                if written != staged:
+                    os.replace(written, path.parent / written.name)
+            os.replace(staged, path)
+        return path
+    with atomic_write(path, suffix=image_suffix(path) or path.suffix) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
-    return Path(path)
+    return path
+
+
+#: The names :func:`atomic_write` and :func:`write_image` give their temporaries:
+#: ``.{target name}.{8 random characters}.tmp{suffix}`` files and ``...tmpdir`` folders.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp.*")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, targets=None) -> list[Path]:
+    """Delete the temporaries that a killed run of :func:`atomic_write` or
+    :func:`write_image` left in ``folder`` (every command runs this on its output folder
+    before it writes).
+
+    Args:
+        folder: the output folder (nothing happens when it does not exist).
+        targets: only the temporaries of these file names; None: every one. Commands that
+            several processes may share (``predict --num-parts``) name their own files.
+
+    Returns:
+        The removed paths.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or (targets is not None and match["target"] not in targets):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

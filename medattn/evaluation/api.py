@@ -200,6 +200,10 @@ def evaluate_folders(
         raise ValueError(f"unknown spacing mode {spacing!r}; choose one of {list(SPACING_MODES)}")
     if not isinstance(jobs, int) or jobs < 0:
         raise ValueError(f"jobs must be a non-negative integer, got {jobs!r}")
+    if out_dir is not None:  # an unusable --out is found before any metric is computed
+        from medattn.data.io import check_output_folder, remove_stale_temporaries
+
+        remove_stale_temporaries(check_output_folder(out_dir, "--out"))
     label_map = parse_label_map(labels) if labels is not None else None
     pred_folders = [Path(pred_dir)] + ([Path(compare)] if compare is not None else [])
     tasks, unmatched = _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty)

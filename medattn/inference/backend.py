@@ -44,13 +44,17 @@ class Backend(Protocol):
     def export(self, case: Case, prepared: Any, result: Any, output_dir: Path, save_probabilities: bool) -> None: ...
 
 
-def check_input_file(path: str | os.PathLike) -> None:
+def check_input_file(path: str | os.PathLike, spatial_dims: int | None = None) -> None:
     """Check one input channel before it is read: readable, one component, 2D or 3D, and
     for NIfTI complete (not truncated) with finite values.
 
     SimpleITK reads a truncated NIfTI as if the missing voxels were zeros and NaN voxels
     as 0, which would give a plausible-looking but wrong prediction, so NIfTI files are
     also checked with nibabel (:func:`medattn.data.io.check_nifti_file`).
+
+    Args:
+        path: the input file.
+        spatial_dims: the dimension the model needs (2 or 3); None accepts both.
 
     Raises:
         CaseError: naming the file and the problem.
@@ -72,6 +76,9 @@ def check_input_file(path: str | os.PathLike) -> None:
             f"{path}: wrong channel count: a {reader.GetDimension()}D image of size {reader.GetSize()}; "
             "give each channel as its own 3D file (CASE_0000, CASE_0001, ...)"
         )
+    if spatial_dims is not None and reader.GetDimension() != spatial_dims:
+        raise CaseError(f"{path}: a {reader.GetDimension()}D image of size {reader.GetSize()}, but the model is "
+                        f"{spatial_dims}D")
     try:
         check_nifti_file(path)
     except ImageReadError as err:

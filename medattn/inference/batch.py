@@ -254,8 +254,10 @@ def predict(
         raise ValueError(f"need num_parts >= 1 and 0 <= part_id < num_parts, got num_parts={num_parts!r}, "
                          f"part_id={part_id!r}")
     check_step_size(step_size)
+    from medattn.data.io import check_output_folder
+
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    output_dir = Path(output_dir)
+    output_dir = check_output_folder(output_dir, "--output")
     _check_output_not_input(output_dir, inputs)
     files = collect_inputs(inputs)
     source = detect_model(model, checkpoint)
@@ -279,6 +281,10 @@ def predict(
             raise ValueError(f"--previous-stage {previous_stage}: {source.path} is not a cascade stage model "
                              "(its configuration names no previous stage)")
         output_dir.mkdir(parents=True, exist_ok=True)
+        if num_parts == 1:  # parts share plans.json and dataset.json: one of them may be writing them now
+            from medattn.data.io import remove_stale_temporaries
+
+            remove_stale_temporaries(output_dir, {"plans.json", "dataset.json"})
         if source.kind == "nnunet":
             _copy_model_files(source.path, output_dir)
         todo = []
@@ -372,10 +378,12 @@ def _is_complete(case: Case, output_dir: Path, save_probabilities: bool) -> bool
 
 
 def _remove_stale_temporaries(case: Case, output_dir: Path) -> None:
-    """Delete the temporary files :func:`~medattn.data.io.atomic_write` leaves when a run is killed."""
-    for target in (case.label_path(output_dir), *case.probability_paths(output_dir)):
-        for stale in output_dir.glob(f".{target.name}.*.tmp*"):
-            stale.unlink(missing_ok=True)
+    """Delete the temporaries a killed run left for this case's files (only its own: other
+    ``--num-parts`` processes may be writing theirs)."""
+    from medattn.data.io import remove_stale_temporaries
+
+    targets = {path.name for path in (case.label_path(output_dir), *case.probability_paths(output_dir))}
+    remove_stale_temporaries(output_dir, targets)
 
 
 class _Pipeline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from medattn.devices import add_device_argument
 from medattn.safe_loading import TRUST_HELP
@@ -149,6 +150,12 @@ def run(args) -> int:
     except (ValueError, OSError) as err:
         print(f"medattn predict: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        done = len(list(Path(args.output).glob("*"))) if Path(args.output).is_dir() else 0
+        print(f"\nmedattn predict: interrupted; the label maps already in {args.output} are complete ({done} "
+              "file(s) there) and no temporary file is left; run the same command again to continue (finished "
+              "cases are skipped)", file=sys.stderr)
+        return 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -119,7 +119,7 @@ class MonaiBackend:
         """Read, check and preprocess the case with the checkpoint's transforms."""
 
         for path in case.files:
-            check_input_file(path)
+            check_input_file(path, self.transforms.spatial_dims)
         try:
             data = self.preprocess({"image": [str(p) for p in case.files]})
         except Exception as err:  # MONAI wraps reader errors in RuntimeError("applying transform ...")

@@ -172,8 +172,10 @@ class NNUNetBackend:
 
     def prepare(self, case: Case) -> _Prepared:
         """Read the case with the plans' reader, check it and preprocess it as nnU-Net does."""
+        # A 3D model needs volumes; a 2D model predicts 2D images and volumes slice by slice.
+        needs = 3 if len(self.configuration_manager.patch_size) == 3 else None
         for path in case.files:
-            check_input_file(path)
+            check_input_file(path, needs)
         reader = self.plans_manager.image_reader_writer_class()
         try:
             data, properties = reader.read_images([str(p) for p in case.files])

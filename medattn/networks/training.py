@@ -80,6 +80,8 @@ CHECKPOINT_FORMAT = "medattn-monai-checkpoint"
 RUN_DEFINING = ("network", "attention", "network_kwargs")
 CHECKPOINT_VERSION = 1
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+#: Every file a run writes into its output folder: any of them means the folder holds a run.
+RUN_FILES = (LAST, BEST, "config.json", "metrics.csv")
 
 
 @dataclass
@@ -347,15 +349,27 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------
 
     def _load_resume_state(self) -> dict | None:
+        from medattn.data.io import remove_stale_temporaries
+
         cfg = self.config
         last = self.out / LAST
+        from medattn.data.io import check_output_folder
+
+        remove_stale_temporaries(check_output_folder(self.out, "--out"))  # what a kill while saving left
+        existing = [self.out / name for name in RUN_FILES if (self.out / name).exists()]
         if not cfg.resume:
-            if last.exists():
+            if existing:
                 raise ValueError(
-                    f"{self.out} already holds a run ({last}); pass --resume to continue it or choose another --out"
+                    f"{self.out} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to "
+                    "continue it or choose another --out (nothing was overwritten)"
                 )
             return None
         if not last.exists():
+            if existing:  # e.g. only checkpoint_best.pt kept: a new run would overwrite it
+                raise ValueError(
+                    f"--resume: {self.out} holds {', '.join(p.name for p in existing)} but no {LAST} to continue "
+                    "from; choose another --out, or move those files away to start a new run there"
+                )
             # Like nnU-Net's --c: nothing to continue (e.g. stopped during the first epoch).
             self._log(f"--resume: no {LAST} in {self.out}; starting a new run")
             return None

@@ -348,14 +348,14 @@ def test_summary_and_reports_record_the_ignore_label(sparse_folders, tmp_path):
     gt_dir, pred_dir, other_dir = sparse_folders
     out = tmp_path / "out"
     result = evaluate(pred_dir, gt_dir, labels=write_dataset_json(tmp_path), compare=other_dir, out_dir=out)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["ignore_label"] == IGNORE == result.summary["ignore_label"]
     assert summary["labels"] == {"1": "liver", "2": "spleen", "3": "aorta"}
-    assert "- **Ignore label**: 4: ground-truth voxels holding it are left out" in (out / "report.md").read_text()
-    assert "<dt>Ignore label</dt>" in (out / "report.html").read_text()
+    assert "- **Ignore label**: 4: ground-truth voxels holding it are left out" in (out / "report.md").read_text(encoding="utf-8")
+    assert "<dt>Ignore label</dt>" in (out / "report.html").read_text(encoding="utf-8")
     plain = evaluate(pred_dir, pred_dir, labels="1=liver,2=spleen,3=aorta", out_dir=tmp_path / "plain")
     assert plain.summary["ignore_label"] is None
-    assert "Ignore label" not in (tmp_path / "plain" / "report.md").read_text()
+    assert "Ignore label" not in (tmp_path / "plain" / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -383,7 +383,7 @@ def test_cli_run_with_a_dataset_json_carrying_an_ignore_label(sparse_folders, tm
     assert code == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("liver", "spleen", "aorta")) and "ignore" not in printed
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["ignore_label"] == IGNORE and summary["label_map"] == str(path)
     expected = evaluate(pred_dir, gt_dir, labels=path).metrics
     assert summary["per_class"]["liver"]["dice"]["mean"] == pytest.approx(expected.query("label == 1")["dice"].mean())
