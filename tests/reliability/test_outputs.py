@@ -1,0 +1,180 @@
+"""Reliability: no lost model, no orphaned data file, no half-written output (issue 17's
+findings 1-3, 5-7, 9 and 11, one test each, on tiny inputs each test builds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medattn.cli import main
+from tests.data.test_fuzz_readers import _dicom_series
+
+SHAPE = (16, 32, 32)  # (z, y, x); 32 x 32 x 16 in RAS order
+ROI = "32,32,16"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from medattn.data.phantom import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path_factory.mktemp("raw"), n_cases=3, seed=0, shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def monai_checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained DynUNet checkpoint in medattn's MONAI format."""
+    from medattn.networks import create, save_checkpoint
+    from medattn.networks.transforms import TransformConfig
+
+    path = tmp_path_factory.mktemp("model") / "checkpoint_best.pt"
+    network = create("dynunet", 3, 1, 4, filters=[4, 8, 16, 32], patch_size=[32, 32, 16], spacing=[0.87, 0.87, 2.68])
+    save_checkpoint(path, network, TransformConfig(spacing=[0.87, 0.87, 2.68], intensity="ct", roi=[32, 32, 16]),
+                    labels={0: "background", 1: "a", 2: "b", 3: "c"}, channel_names=["CT"], epoch=1)
+    return path
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "monai", "--data", str(data), "--out", str(out), "--roi", ROI, "--no-progress",
+                 "--epochs", "1", "--limit-cases", "2", "--batch-size", "1", "--device", "cpu",
+                 "--network-kwargs", '{"filters": [4, 8, 16, 32]}', "--val-fraction", "0.5", *extra])
+
+
+# 1 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [[], ["--resume"]])
+def test_a_run_folder_keeping_only_its_best_checkpoint_is_never_overwritten(phantom, monai_checkpoint, tmp_path,
+                                                                           capsys, extra):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(monai_checkpoint, out / "checkpoint_best.pt")
+    (out / "config.json").write_text("{}")
+    before = (out / "checkpoint_best.pt").read_bytes()
+    assert _train(phantom, out, "--network", "segresnet", *extra) == 2
+    error = capsys.readouterr().err
+    assert "checkpoint_best.pt" in error and ("--resume" in error or "no checkpoint_last.pt" in error)
+    assert (out / "checkpoint_best.pt").read_bytes() == before
+
+
+# 2, 3 ------------------------------------------------------------------------------------
+
+
+def test_mhd_predictions_stay_readable_across_reruns(phantom, monai_checkpoint, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    image = sitk.ReadImage(str(sorted((phantom / "imagesTr").glob("*.nii.gz"))[0]))
+    sitk.WriteImage(image, str(inputs / "m.mhd"))
+    argv = ["predict", "--model", str(monai_checkpoint), "--input", str(inputs), "--output", str(out),
+            "--device", "cpu", "--no-tta", "--no-progress"]
+    for _ in range(2):
+        assert main(argv) == 0
+        assert _hidden(out) == []  # no temporary-named voxel file that the header points to
+        assert sitk.ReadImage(str(out / "m.mhd")).GetSize() == image.GetSize()
+    (out / ".m.mhd.abcd1234.tmpdir").mkdir()  # what a kill during the write leaves
+    (out / ".m.mhd.abcd1234.tmpdir" / "m.zraw").write_bytes(b"x" * 100)
+    assert main(argv) == 0
+    assert _hidden(out) == []
+
+
+def test_dicom_to_mhd_writes_header_and_voxels_under_their_names(tmp_path):
+    from medattn.preprocess.dicom import convert_dicom
+
+    series = tmp_path / "series"
+    series.mkdir()
+    _dicom_series(series, slices=3)
+    for _ in range(2):
+        convert_dicom(series, tmp_path / "out" / "ct.mhd")
+        assert _hidden(tmp_path / "out") == []
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct.mhd", "ct.zraw"]
+        assert sitk.ReadImage(str(tmp_path / "out" / "ct.mhd")).GetSize() == (16, 16, 3)
+
+
+# 5, 6 ------------------------------------------------------------------------------------
+
+
+def test_converters_remove_the_temporaries_a_killed_run_left(tmp_path):
+    """Every converter names its dataset folder through dataset_folder, which clears them:
+    nnU-Net would count a 0-byte .synapse_0001_0000.nii.gz.XXXX.tmp.nii.gz as a case."""
+    from medattn.preprocess.common import dataset_folder
+
+    stale = tmp_path / "Dataset501_Synapse" / "imagesTr" / ".synapse_0001_0000.nii.gz.a1b2c3d4.tmp.nii.gz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    keep = stale.parent / "synapse_0002_0000.nii.gz"
+    keep.write_bytes(b"real")
+    dataset_folder(tmp_path, 501, "Synapse")
+    assert not stale.exists() and keep.exists()
+
+
+def test_training_clears_checkpoint_temporaries_a_kill_left(phantom, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint_last.pt.k1ll3d00.tmp.pt"
+    stale.write_bytes(b"\0" * 1000)
+    assert _train(phantom, out, "--resume") == 0  # nothing to resume: a new run starts
+    assert not stale.exists() and (out / "checkpoint_last.pt").is_file()
+    assert _hidden(out) == []
+
+
+# 7 ---------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_predict_ends_with_a_summary_and_exit_130(monai_checkpoint, phantom, tmp_path, capsys,
+                                                                monkeypatch):
+    from medattn.inference import batch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "predict", interrupted)
+    code = main(["predict", "--model", str(monai_checkpoint), "--input", str(phantom / "imagesTr"),
+                 "--output", str(tmp_path / "out"), "--device", "cpu", "--no-progress"])
+    error = capsys.readouterr().err
+    assert code == 130
+    assert "interrupted" in error and "run the same command again" in error and "Traceback" not in error
+
+
+# 9 ---------------------------------------------------------------------------------------
+
+
+def test_a_2d_image_given_to_a_3d_model_is_named(monai_checkpoint, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.float32)), str(inputs / "flat.nii.gz"))
+    assert main(["predict", "--model", str(monai_checkpoint), "--input", str(inputs), "--output",
+                 str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 1
+    assert "flat.nii.gz: a 2D image of size (32, 32), but the model is 3D" in capsys.readouterr().err
+
+
+# 11 --------------------------------------------------------------------------------------
+
+
+def test_outputs_that_are_files_are_refused_in_medattns_words(monai_checkpoint, phantom, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    runs = [
+        ["predict", "--model", str(monai_checkpoint), "--input", str(phantom / "imagesTr"), "--output",
+         str(blocker), "--device", "cpu", "--no-progress"],
+        ["evaluate", "--pred", str(phantom / "labelsTr"), "--gt", str(phantom / "labelsTr"), "--out",
+         str(blocker / "eval"), "--no-progress"],
+    ]
+    for argv, code in zip(runs, (2, 1)):  # predict's usage errors exit 2, evaluate's errors 1
+        assert main(argv) == code, argv[0]
+        error = capsys.readouterr().err
+        assert "a_file" in error and ("is a file, not a folder" in error or "which is a file" in error), error
+        assert "Errno" not in error and ".tmp" not in error
+    series = tmp_path / "series"
+    series.mkdir()
+    _dicom_series(series, slices=2)
+    assert main(["convert", "dicom", "--src", str(series), "--out", str(blocker / "ct.nii.gz")]) != 0
+    error = capsys.readouterr().err
+    assert "a_file" in error and "not a folder" in error and "Errno" not in error
