@@ -46,6 +46,11 @@ class SeriesInfo:
     description: str
     size: tuple[int, int]
 
+    @property
+    def label(self) -> str:
+        """The UID for messages; anonymised series may have none."""
+        return repr(self.uid) if self.uid else "(no Series Instance UID)"
+
     def describe(self) -> str:
         """One line: UID, slice count, size, modality, description and folder."""
         uid = self.uid or "(no Series Instance UID)"
@@ -140,10 +145,10 @@ def read_series(series: SeriesInfo):
         image = reader.Execute()
     except RuntimeError as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
-        raise ConversionError(f"{series.folder}: cannot read DICOM series {series.uid!r} ({detail})") from err
+        raise ConversionError(f"{series.folder}: cannot read DICOM series {series.label} ({detail})") from err
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
         raise ConversionError(
-            f"{series.folder}: series {series.uid!r} is not a 3D volume (size {image.GetSize()}); "
+            f"{series.folder}: series {series.label} is not a 3D volume (size {image.GetSize()}); "
             "a single 2D slice cannot be converted"
         )
     if len(series.files) > 1:
@@ -163,11 +168,11 @@ def _check_slice_gaps(reader, image, series: SeriesInfo) -> None:
     gaps = np.diff(along)
     median = float(np.median(gaps))
     if median <= 0 or np.any(gaps <= 0):
-        raise ConversionError(f"{series.folder}: series {series.uid!r} has slices at duplicate positions")
+        raise ConversionError(f"{series.folder}: series {series.label} has slices at duplicate positions")
     uneven = np.flatnonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median)
     if uneven.size:
         raise ConversionError(
-            f"{series.folder}: series {series.uid!r} has uneven slice gaps (median {median:.4g} mm, "
+            f"{series.folder}: series {series.label} has uneven slice gaps (median {median:.4g} mm, "
             f"gap after slice {int(uneven[0])} is {gaps[uneven[0]]:.4g} mm); are slices missing?"
         )
 

@@ -372,9 +372,19 @@ def _check_output_not_input(output_dir: Path, inputs: list) -> None:
 
 
 def _is_complete(case: Case, output_dir: Path, save_probabilities: bool) -> bool:
-    if not case.label_path(output_dir).is_file():
+    """An existing label map counts as done only when its header reads and its grid is the
+    input's (a 0-byte or foreign file is predicted again), and its probabilities exist when
+    they are asked for."""
+    from medattn.data.io import GeometryMismatchError, ImageReadError, check_same_geometry, read_header
+
+    label = case.label_path(output_dir)
+    if not label.is_file():
         return False
-    return not save_probabilities or all(p.is_file() for p in case.probability_paths(output_dir))
+    try:
+        check_same_geometry(read_header(case.files[0]), read_header(label), context=str(label))
+    except (ImageReadError, GeometryMismatchError, ValueError):
+        return False
+    return not save_probabilities or all(p.is_file() and p.stat().st_size > 0 for p in case.probability_paths(output_dir))
 
 
 def _remove_stale_temporaries(case: Case, output_dir: Path) -> None:

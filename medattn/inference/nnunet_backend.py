@@ -276,8 +276,14 @@ def _initialize(predictor, model_dir: Path, folds, checkpoint_name: str, trust: 
     from medattn.nnunet.network import LegacyPlacementError
     from medattn.safe_loading import load_checkpoint
 
-    dataset_json = json.loads((model_dir / "dataset.json").read_text())
-    plans_manager = PlansManager(json.loads((model_dir / "plans.json").read_text()))
+    def read_json(name: str) -> dict:
+        try:
+            return json.loads((model_dir / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{model_dir / name}: not a readable JSON file ({type(err).__name__}: {err})") from None
+
+    dataset_json = read_json("dataset.json")
+    plans_manager = PlansManager(read_json("plans.json"))
     saved = [load_checkpoint(model_dir / f"fold_{fold}" / checkpoint_name, trust=trust) for fold in folds]
     parameters = [checkpoint["network_weights"] for checkpoint in saved]
     trainer_name = saved[0]["trainer_name"]

@@ -246,10 +246,14 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the checkpoint is empty (0 bytes), e.g. from a save that was cut off; resume "
+                         f"from {BEST if path.name == LAST else LAST} or train again")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "the file ends early (truncated?)"
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from err
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medattn MONAI checkpoint (no format {CHECKPOINT_FORMAT!r})")
     if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
