@@ -215,10 +215,6 @@ class Placement:
 
         return re.sub(r"[^A-Za-z0-9_.]+", "-", re.sub(r'"\s*:\s*', "_", self.to_text())).strip("-")
 
-    def describe(self) -> str:
-        """One line for logs: the text form (positions resolved by the caller)."""
-        return self.to_text()
-
 
 def parse(spec) -> Placement | None:
     """A :class:`Placement` from its text form, a mapping, or a Placement; None for no attention.
