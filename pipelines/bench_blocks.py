@@ -171,7 +171,7 @@ def parse_block_spec(text: str) -> BlockSpec:
         raise ValueError(f"--blocks {text!r}: name a block, not 'none' (the stage itself is always measured)")
     if spec.position is not None or spec.stages != "all":
         raise ValueError(f"--blocks {text!r}: a block is measured beside one stage, so it takes no @position or "
-                         f":stages; give {spec.block + (placement.Placement(spec.block, options=spec.options).to_text()[len(spec.block):])!r}")
+                         f":stages; give {placement.Placement(spec.block, options=spec.options).to_text()!r}")
     label = spec.to_text()
     if spec.is_unit:
         return BlockSpec(label, spec.unit_kind, "dia", dict(spec.options))
