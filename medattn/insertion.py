@@ -32,6 +32,7 @@ __all__ = [
     "attach_after",
     "attach_shared_unit",
     "attached_blocks",
+    "convert_sync_batchnorm",
     "resolve_stage_indices",
 ]
 
@@ -212,3 +213,24 @@ def resolve_stage_indices(stages: str | int | Iterable[int] | None, n_stages: in
             raise ValueError(f"stage index {index!r} out of range for a network with {n_stages} stages")
         resolved.add(index % n_stages)
     return sorted(resolved)
+
+
+def convert_sync_batchnorm(network: nn.Module, process_group=None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the attached blocks working.
+
+    torch's converter replaces every BatchNorm by a new module: it carries the children over
+    (an attached block stays ``bn.attention``) but not the forward hooks, so every block
+    hung on a norm (after a conv, before the residual add) would silently stop running.
+    The hooks are re-registered on the new modules, at the same qualified names.
+    """
+    hooks = {name: (list(module._forward_pre_hooks.values()), list(module._forward_hooks.values()))
+             for name, module in network.named_modules()
+             if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module._forward_hooks or module._forward_pre_hooks)}
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(network, process_group)
+    for name, (pre_hooks, post_hooks) in hooks.items():
+        module = converted.get_submodule(name)
+        for hook in pre_hooks:
+            module.register_forward_pre_hook(hook)
+        for hook in post_hooks:
+            module.register_forward_hook(hook)
+    return converted

@@ -80,7 +80,8 @@ def preset(name: str) -> Preset:
     return PRESETS[name.lower()]
 
 
-def create(name: str, num_classes: int | None = None, attention=None, in_channels: int = 3) -> nn.Module:
+def create(name: str, num_classes: int | None = None, attention=None, in_channels: int = 3,
+           dilate: bool = False) -> nn.Module:
     """Build a preset (or a stock backbone with ``attention``) with its blocks attached.
 
     Args:
@@ -90,6 +91,9 @@ def create(name: str, num_classes: int | None = None, attention=None, in_channel
         attention: a placement (text form or :class:`medattn.placement.Placement`) for a
             stock backbone; refused for a preset that already has one.
         in_channels: image channels.
+        dilate: replace the strides of the last two stages by dilation (output stride 8,
+            torchvision's ``replace_stride_with_dilation=[False, True, True]``), for
+            segmentation; Bottleneck ImageNet ResNets only.
 
     Returns:
         A torchvision ``ResNet`` with the blocks attached through :mod:`medattn.insertion`;
@@ -108,11 +112,12 @@ def create(name: str, num_classes: int | None = None, attention=None, in_channel
     depth = int(chosen.backbone[len("resnet"):])
     if num_classes is None:
         num_classes = 100 if depth in CIFAR_DEPTHS else 1000
-    network = build_backbone(chosen.backbone, num_classes=num_classes, in_channels=in_channels)
+    network = build_backbone(chosen.backbone, num_classes=num_classes, in_channels=in_channels, dilate=dilate)
     adapter = ResNetAdapter()
     if spec is not None:
         spec = placement_spec.resolve(spec, adapter, network)
         placement_spec.insert(network, spec, adapter)
     network.medattn_config = {"preset": name.lower(), "backbone": chosen.backbone, "num_classes": num_classes,
-                              "in_channels": in_channels, "attention": None if spec is None else spec.to_text()}
+                              "in_channels": in_channels, "attention": None if spec is None else spec.to_text(),
+                              "dilate": dilate}
     return network

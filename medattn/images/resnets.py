@@ -53,7 +53,7 @@ def backbones() -> list[str]:
     return [f"resnet{d}" for d in sorted(set(IMAGENET_DEPTHS) | set(CIFAR_DEPTHS))]
 
 
-def build_backbone(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+def build_backbone(name: str, num_classes: int, in_channels: int = 3, dilate: bool = False) -> nn.Module:
     """A stock ResNet by name, with ``num_classes`` outputs.
 
     Args:
@@ -61,9 +61,12 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 3) -> nn.Modu
         num_classes: outputs of the final linear layer.
         in_channels: image channels; the stem conv is rebuilt with the same shape when it
             is not 3 (e.g. 1 for radiographs).
+        dilate: output stride 8 (dilated ``layer3``/``layer4``) for segmentation heads;
+            torchvision supports it for its Bottleneck ResNets (50, 101, 152) only.
 
     Raises:
-        ValueError: for an unknown name or non-positive sizes.
+        ValueError: for an unknown name, non-positive sizes, or ``dilate`` on a backbone
+            without it.
     """
     if name not in backbones():
         raise ValueError(f"unknown backbone {name!r}; choose one of {backbones()}")
@@ -71,12 +74,16 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 3) -> nn.Modu
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
     depth = int(name[len("resnet"):])
+    if dilate and depth not in (50, 101, 152):
+        raise ValueError(f"output stride 8 (dilation) needs a Bottleneck ImageNet ResNet (resnet50/101/152), not "
+                         f"{name!r}; torchvision's BasicBlock has no dilation and the CIFAR ResNets stop at stride 4")
     if depth in CIFAR_DEPTHS:
         network = cifar_resnet(depth, num_classes)
     else:
         import torchvision.models as tvm
 
-        network = getattr(tvm, name)(weights=None, num_classes=num_classes)
+        network = getattr(tvm, name)(weights=None, num_classes=num_classes,
+                                     replace_stride_with_dilation=[False, True, True] if dilate else None)
     if in_channels != 3:
         stem = network.conv1
         network.conv1 = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,

@@ -160,7 +160,7 @@ def test_presets_train(name, size):
 def test_create_records_the_resolved_placement_and_refuses_bad_requests():
     network = images.create("resnet20", attention="sna", in_channels=1, num_classes=3)
     assert network.medattn_config == {"preset": "resnet20", "backbone": "resnet20", "num_classes": 3,
-                                      "in_channels": 1, "attention": "sna@before_add"}
+                                      "in_channels": 1, "attention": "sna@before_add", "dilate": False}
     assert network(torch.randn(1, 1, 32, 32)).shape == (1, 3)
     assert images.create("resnet18", attention="dsm").medattn_config["attention"] == "dsm@after_conv1"
     with pytest.raises(ValueError, match="unknown preset 'resnet19'"):
