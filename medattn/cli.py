@@ -15,6 +15,7 @@ import sys
 TRAIN = "train"
 TRAIN_ENGINES = (
     "medattn.networks.cli",  # train monai
+    "medattn.images.cli",  # train image
 )
 
 # Order is the order shown by ``medattn --help``.
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_group(subparsers) -> None:
     group = subparsers.add_parser(
         TRAIN,
-        help="train a network with attention (engine: monai)",
+        help="train a network with attention (engines: monai, image)",
         description="Train networks with attention blocks. The nnU-Net engine trains through nnU-Net itself "
         "(nnUNetv2_train -tr nnUNetTrainerDSM ..., see `medattn nnunet`); each engine below is a subcommand.",
     )

@@ -195,6 +195,10 @@ class ImageTrainConfig:
         if self.task != "segmentation" and (self.output_stride is not None or self.num_classes is not None):
             raise ValueError("output_stride and num_classes apply to segmentation only (classes come from the data)")
         ModelConfig(self.task, self.network_name, self.attention, 2, head=self.head, output_stride=self.output_stride)
+        from timm.optim import list_optimizers
+
+        if self.optimizer not in list_optimizers():
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; timm knows {list_optimizers()}")
 
     @property
     def network_name(self) -> str:

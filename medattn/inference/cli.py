@@ -27,6 +27,9 @@ examples:
   medattn predict --model MODEL_DIR --input scans/ --output pred/ --device cuda:0 --num-parts 2 --part-id 0 &
   medattn predict --model MODEL_DIR --input scans/ --output pred/ --device cuda:1 --num-parts 2 --part-id 1
 
+  # a `medattn train image` run on a labelled test folder: predictions.csv (or label PNGs) + metrics.json
+  medattn predict --model runs/sna20 --input textures_test/ --output pred/sna20
+
   # a MONAI-path checkpoint (medattn train monai), on two files
   medattn predict --model runs/phantom_dsm/checkpoint_best.pt --input a.nii.gz b_0000.nii.gz --output pred/
 
@@ -42,11 +45,12 @@ def register(subparsers) -> None:
     """Add ``predict`` to the ``medattn`` parser."""
     parser = subparsers.add_parser(
         "predict",
-        help="batch inference: label maps for NIfTI volumes with an nnU-Net model or MONAI checkpoint",
+        help="batch inference: label maps for NIfTI volumes (nnU-Net, MONAI) or image test sets (medattn train image)",
         description="Predict a label map for every case of --input with a trained model: an nnU-Net training "
         "output folder (nnU-Net's predictor: sliding window, Gaussian blending, mirroring TTA, fold ensemble) "
         "or a checkpoint of `medattn train monai` (MONAI's sliding_window_inference with Gaussian blending "
-        "and mirroring TTA). The model type is detected from --model.",
+        "and mirroring TTA), or a run of `medattn train image` on a test folder or CSV (predictions.csv or label "
+        "PNGs, and metrics.json when the test set is labelled). The model type is detected from --model.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -133,8 +137,12 @@ def run(args) -> int:
     import signal
     import threading
 
+    from medattn.images.predict import find_image_checkpoint
     from medattn.inference.batch import predict
 
+    image_checkpoint = find_image_checkpoint(args.model, args.checkpoint)
+    if image_checkpoint is not None:
+        return _predict_images(image_checkpoint, args)
     # SIGTERM as an exception, so that half-written temporary files are removed on the way out
     # (signal handlers can only be set from the main thread).
     main_thread = threading.current_thread() is threading.main_thread()
@@ -163,6 +171,38 @@ def run(args) -> int:
     print(f"output: {args.output}")
     print(report.summary(), file=sys.stderr if report.failures else sys.stdout)
     return 0 if report.ok else 1
+
+
+def _predict_images(checkpoint, args) -> int:
+    """A ``medattn train image`` model: predictions.csv or label PNGs, metrics.json when labelled."""
+    import json
+
+    from medattn.images.predict import predict_images
+
+    volume_only = {"--folds": args.folds, "--previous-stage": args.previous_stage,
+                   "--postprocessing": args.postprocessing, "--save-probabilities": args.save_probabilities,
+                   "--num-parts": args.num_parts > 1}
+    given = [name for name, value in volume_only.items() if value]
+    try:
+        if given:
+            raise ValueError(f"{', '.join(given)}: not for image models ({checkpoint} is a `medattn train image` "
+                             "checkpoint)")
+        if len(args.input) != 1:
+            raise ValueError("an image model takes one --input: a test folder (ImageFolder, VOC, images/ + "
+                             "masks/, or plain images) or a multi-label CSV")
+        result = predict_images(checkpoint, args.input[0], args.output, device=args.device,
+                                progress=not args.no_progress)
+    except (ValueError, OSError) as err:
+        print(f"medattn predict: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmedattn predict: interrupted; files in --output are complete; run again to redo", file=sys.stderr)
+        return 130
+    print(f"model: {checkpoint} ({result['weights']} weights)")
+    print(f"predictions: {result['predictions']} ({result['samples']} image(s))")
+    if result["metrics"] is not None:
+        print(json.dumps(result["metrics"], indent=2))
+    return 0
 
 
 def _raise_exit(signum, frame):
