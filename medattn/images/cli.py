@@ -68,6 +68,9 @@ def _add_arguments(parser) -> None:
     io.add_argument("--out", required=True, help="output folder (checkpoints, metrics.csv, config.json, summary.json)")
     io.add_argument("--resume", action="store_true", help="continue the run in --out (every state is restored; "
                     "--epochs is the new total)")
+    io.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                    help="stop once this many epochs are done (time-limited jobs); --resume later continues the same "
+                    "schedule exactly")
     io.add_argument("--val-fraction", type=float, default=0.2, help="held-out share when the layout gives no split "
                     "(seeded, recorded in config.json; default: 0.2)")
     io.add_argument("--num-classes", type=int, default=None, help="segmentation: classes with background (default: "
@@ -180,4 +183,5 @@ def _config(args):
         label_smoothing=args.label_smoothing, pos_weight=args.pos_weight, mixup=args.mixup, cutmix=args.cutmix,
         ema_decay=args.ema_decay, amp=args.amp, clip_grad=args.clip_grad, channels_last=args.channels_last,
         compile=args.compile, seed=args.seed, device=args.device, workers=args.workers,
-        val_fraction=args.val_fraction, pretrained=args.pretrained, resume=args.resume, progress=args.progress)
+        val_fraction=args.val_fraction, pretrained=args.pretrained, resume=args.resume, stop_after=args.stop_after,
+        progress=args.progress)

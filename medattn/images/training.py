@@ -114,6 +114,9 @@ class ImageTrainConfig:
         val_fraction: held-out share when the layout has no split.
         pretrained: local state-dict file for the backbone (never downloaded).
         resume: continue from ``out/checkpoint_last.pt``.
+        stop_after: end this invocation once this many epochs are done (for time-limited
+            jobs); the schedule still plans for ``epochs`` and a resume continues it
+            exactly. None: train to ``epochs``.
         progress: show progress bars.
     """
 
@@ -155,6 +158,7 @@ class ImageTrainConfig:
     val_fraction: float = 0.2
     pretrained: str | None = None
     resume: bool = False
+    stop_after: int | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -508,7 +512,7 @@ class ImageTrainer:
         loss_fn = self._loss(data, data.train).to(device)
         mixup = self._mixup(len(data.classes), settings)
         val_ds = self._val_dataset(data, settings, normalisation)
-        for epoch in range(progress.epoch, cfg.epochs):
+        for epoch in range(progress.epoch, min(cfg.epochs, cfg.stop_after or cfg.epochs)):
             started = time.perf_counter()
             train_loss = self._train_epoch(trained, model, train_loader, optimizer, scheduler, scaler, ema, loss_fn,
                                            mixup, device, epoch, progress, world)
