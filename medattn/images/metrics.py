@@ -33,7 +33,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict:
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     hits = top == targets[:, None]
-    return {"accuracy": float(hits[:, 0].float().mean()), "top5": float(hits.any(dim=1).float().mean())}
+    return {"accuracy": float(hits[:, 0].double().mean()), "top5": float(hits.any(dim=1).double().mean())}
 
 
 def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
