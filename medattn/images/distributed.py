@@ -29,6 +29,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    #: Whether :func:`setup` created the process group (and :func:`teardown` may end it).
+    owns_group: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -44,17 +46,19 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World(), device
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")),
+                  owns_group=not dist.is_initialized())
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if world.owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, device
 
 
 def teardown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
+    """End the process group if :func:`setup` started it (a caller's group stays)."""
+    if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -14,8 +14,9 @@ segmentation on the ResNets of :mod:`medattn.images` with any block placement:
   warmup over ``warmup_epochs``;
 - AMP (bf16 anywhere, fp16 with a GradScaler on CUDA), gradient clipping, EMA
   (:class:`medattn.images.ema.ModelEma`), ``channels_last``, ``torch.compile``;
-- torchrun DDP (:mod:`medattn.images.distributed`): SyncBatchNorm for segmentation,
-  validation on unpadded shards, only rank 0 writes.
+- torchrun DDP (:mod:`medattn.images.distributed`): SyncBatchNorm for segmentation on
+  CUDA (torch's DDP refuses it on CPU, where rank 0's BatchNorm statistics are broadcast
+  before each validation instead), validation on unpadded shards, only rank 0 writes.
 
 Output folder::
 
@@ -337,6 +338,8 @@ class ImageTrainer:
             raise ValueError("give either an ImageTrainConfig or keyword arguments, not both")
         self.config = config
         self.out = Path(config.out)
+        #: The trained network (unwrapped from DDP and compile) once :meth:`run` returns.
+        self.model: nn.Module | None = None
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -461,7 +464,9 @@ class ImageTrainer:
         settings = cfg.resolved()
         data, normalisation = self._data(resume_state)
         model, model_config = self._model(data, resume_state, settings, world)
-        if cfg.task == "segmentation" and world.distributed:
+        if cfg.task == "segmentation" and world.distributed and device.type == "cuda":
+            # torch's DDP accepts SyncBatchNorm on GPU modules only; on CPU (gloo) each rank
+            # keeps plain BatchNorm and rank 0's statistics are broadcast before validation.
             from medattn.insertion import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
@@ -541,6 +546,7 @@ class ImageTrainer:
                        evaluated_with="ema" if ema is not None else "model", out=str(self.out))
         if world.is_main:
             write_json_atomic(self.out / "summary.json", summary)
+        self.model = model
         dist_utils.barrier(world)
         return summary
 
