@@ -19,6 +19,7 @@ BENCHMARKS = {
     "nnunet": "medattn.pipelines.bench_nnunet",
     "monai": "medattn.pipelines.bench_monai",
     "predict": "medattn.pipelines.bench_predict",
+    "image": "medattn.pipelines.bench_image",
 }
 
 

@@ -1,0 +1,228 @@
+"""``medattn bench image``: the image trainer's overhead and each preset's cost against its stock backbone.
+
+Two tables, measured in one run:
+
+1. Trainer overhead. ``medattn.images.ImageTrainer`` trains ResNet-20 on a 3-class texture
+   ImageFolder (scikit-image's brick, grass and gravel, 32x32 crops written to a temporary
+   folder) for ``--epochs`` epochs, then a bare PyTorch loop (forward, cross-entropy,
+   zero_grad, backward, SGD step over the same kind of DataLoader, model, batch and
+   optimizer settings) runs as many, in the same process; this is repeated twice
+   (trainer, bare, trainer, bare) so that a drift of the machine's load shows. The table
+   gives the median epoch time of each (the first epoch of every run, which pays for
+   warm-up, left out) and their ratio (goal: at most 1.03). The trainer's epoch time is its
+   own ``train_time_s`` (metrics.csv): the training loop, not validation or checkpoints.
+2. Preset cost. Each preset is timed against its stock backbone at the papers' settings
+   (ResNet-20 and ResNet-164 at 32x32, ResNet-18 at 32x32 as the SNA paper's CIFAR-100 FPS,
+   ResNet-50 at 224x224): a training step (forward, cross-entropy, backward) and an
+   inference forward pass, all variants interleaved round by round (median of the rounds).
+   Paper anchors: SNA-ResNet-18 on CIFAR-100 217 vs 225 FPS (+3.7 % time); DIA-LSTM on
+   ResNet-164 about 12 % slower, the Light variant about 1 %.
+
+``--quick`` measures ResNet-20 pairs only, with few rounds (for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from medattn.devices import add_device_argument
+
+DESCRIPTION = "image trainer overhead vs a bare loop, and each ResNet preset's cost vs its stock backbone\n\n" + (
+    __doc__.split("\n", 1)[1].strip().replace("``", ""))
+
+#: (preset, stock backbone, image size, batch)
+PRESET_PAIRS = [
+    ("sna_resnet20", "resnet20", 32, 64),
+    ("dia_resnet164", "resnet164", 32, 32),
+    ("dia_light_resnet164", "resnet164", 32, 32),
+    ("sna_resnet18", "resnet18", 32, 64),
+    ("sna_resnet50", "resnet50", 224, 4),
+    ("dsnet50_a", "resnet50", 224, 4),
+    ("dsnet50_b", "resnet50", 224, 4),
+    ("se_resnet50", "resnet50", 224, 4),
+    ("eca_resnet50", "resnet50", 224, 4),
+]
+QUICK_PAIRS = [("sna_resnet20", "resnet20", 32, 16)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_device_argument(parser, default="cpu")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant (default: 7)")
+    parser.add_argument("--epochs", type=int, default=6, help="alternating epochs for the overhead table (default: 6)")
+    parser.add_argument("--quick", action="store_true", help="ResNet-20 pairs only, 3 rounds (for tests)")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+
+
+def run(args) -> int:
+    import os
+
+    from medattn.devices import resolve_device
+    from medattn.pipelines.bench_blocks import machine_description
+
+    device = resolve_device(args.device)
+    rounds, epochs = (3, 3) if args.quick else (args.rounds, args.epochs)
+    if rounds < 1 or epochs < 2:
+        raise ValueError(f"--rounds must be at least 1 and --epochs at least 2, got {rounds}, {epochs}")
+    load_before = os.getloadavg()
+    overhead = bench_trainer_overhead(device, epochs, batch=16 if args.quick else 32)
+    presets = bench_presets(QUICK_PAIRS if args.quick else PRESET_PAIRS, device, rounds)
+    machine = machine_description(device, load_before)
+    text = _markdown(overhead, presets, machine, args)
+    print(text)
+    if args.markdown:
+        from medattn.data.io import write_text_atomic
+
+        write_text_atomic(args.markdown, text)
+    return 0
+
+
+def _texture_folder(root) -> None:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for part, count in (("train", 64), ("val", 16)):
+        for name in ("brick", "grass", "gravel"):
+            texture = getattr(data, name)()
+            folder = root / part / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                y, x = (int(v) for v in rng.integers(0, texture.shape[0] - 32, 2))
+                Image.fromarray(texture[y:y + 32, x:x + 32]).save(folder / f"{index}.png")
+
+
+def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
+    """Median epoch seconds of the trainer and of a bare loop, alternating epochs."""
+    import csv
+    import statistics
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    from medattn.images.data import ImageDataset, build_transforms, channel_statistics, discover
+    from medattn.images.models import ModelConfig, build_model
+    from medattn.images.training import ImageTrainConfig, ImageTrainer
+
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        _texture_folder(work / "data")
+        settings = dict(task="classification", data=str(work / "data"), out=str(work / "run"), preset="resnet20",
+                        epochs=epochs, batch_size=batch, lr=0.05, device=str(device), progress=False)
+        found = discover("classification", work / "data")
+        mean, std = channel_statistics(found.train, found.channels)
+        dataset = ImageDataset(found.train, "classification", build_transforms("classification", True, 32, mean, std,
+                                                                                "pad"), found.channels)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
+        model = build_model(ModelConfig("classification", "resnet20", None, 3, found.channels)).to(device)
+        optimizer = create_optimizer_v2(model, opt="sgd", lr=0.05, weight_decay=1e-4, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        trainer_s, bare_s = [], []
+        for repeat in range(2):
+            ImageTrainer(ImageTrainConfig(**dict(settings, out=str(work / f"run{repeat}")))).run()
+            rows = list(csv.DictReader((work / f"run{repeat}" / "metrics.csv").open()))
+            trainer_s += [float(row["train_time_s"]) for row in rows][1:]
+            for epoch in range(epochs):
+                model.train()
+                started = time.perf_counter()
+                for images, targets in loader:
+                    images, targets = images.to(device), targets.to(device)
+                    loss = loss_fn(model(images), targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss.item()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if epoch:
+                    bare_s.append(time.perf_counter() - started)
+    trainer, bare = statistics.median(trainer_s), statistics.median(bare_s)
+    return {"trainer_s": trainer, "bare_s": bare, "ratio": trainer / bare, "epochs": epochs, "batch": batch,
+            "samples": len(dataset), "trainer_samples_s": trainer_s, "bare_samples_s": bare_s}
+
+
+def bench_presets(pairs, device, rounds: int) -> list[dict]:
+    """Training-step and inference time of each preset and its stock backbone, interleaved."""
+    import statistics
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from medattn import images
+    from medattn.pipelines.bench_blocks import time_interleaved
+
+    networks, shapes = {}, {}
+    for preset, stock, size, batch in pairs:
+        for name in (stock, preset):
+            key = (name, size, batch)
+            if key not in networks:
+                torch.manual_seed(0)
+                networks[key] = images.create(name, num_classes=100 if size == 32 else 1000).to(device)
+                shapes[key] = torch.randn(batch, 3, size, size, device=device)
+    steps = {}
+    for key, network in networks.items():
+        x = shapes[key]
+        target = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+        steps[("train",) + key] = _train_step(network, x, target)
+        steps[("infer",) + key] = _infer_step(network, x)
+    with tqdm(total=len(steps) * (rounds + 1), desc="bench image", unit="step", leave=False) as bar:
+        samples = time_interleaved(steps, rounds, 1, device, bar)
+    median = {key: statistics.median(values) for key, values in samples.items()}
+    rows = []
+    for preset, stock, size, batch in pairs:
+        params = {n: sum(p.numel() for p in networks[(n, size, batch)].parameters()) for n in (preset, stock)}
+        row = {"preset": preset, "stock": stock, "size": size, "batch": batch,
+               "params_added": params[preset] - params[stock]}
+        for kind in ("train", "infer"):
+            ours, base = median[(kind, preset, size, batch)], median[(kind, stock, size, batch)]
+            row[f"{kind}_s"], row[f"{kind}_stock_s"], row[f"{kind}_ratio"] = ours, base, ours / base
+        rows.append(row)
+    return rows
+
+
+def _train_step(network, x, target):
+    import torch
+
+    def step():
+        network.train()
+        network.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(network(x), target).backward()
+
+    return step
+
+
+def _infer_step(network, x):
+    import torch
+
+    def step():
+        network.eval()
+        with torch.inference_mode():
+            network(x)
+
+    return step
+
+
+def _markdown(overhead: dict, presets: list[dict], machine: dict, args) -> str:
+    command = "medattn bench image" + (" --quick" if args.quick else f" --rounds {args.rounds} --epochs {args.epochs}")
+    lines = [
+        f"`{command} --device {args.device}` on {machine['cpu']} ({machine['cpus_available']} CPUs available, "
+        f"torch {machine['torch']}, {machine['torch_threads']} threads, device {machine['device']}); load average "
+        f"{machine['load_average_before'][0]} before, {machine['load_average_after'][0]} after.",
+        "",
+        "| trainer epoch (median) | bare loop epoch (median) | ratio | epochs | samples × batch |",
+        "|---|---|---|---|---|",
+        f"| {overhead['trainer_s']:.3f} s | {overhead['bare_s']:.3f} s | {overhead['ratio']:.3f} | "
+        f"2 × {overhead['epochs']} (first of each left out) | {overhead['samples']} × {overhead['batch']} |",
+        "",
+        "| preset | stock | input | batch | params added | training step | ratio | inference | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in presets:
+        lines.append(
+            f"| `{row['preset']}` | `{row['stock']}` | {row['size']}² | {row['batch']} | {row['params_added']:+,} | "
+            f"{row['train_s'] * 1e3:.1f} ms vs {row['train_stock_s'] * 1e3:.1f} | {row['train_ratio']:.3f} | "
+            f"{row['infer_s'] * 1e3:.1f} ms vs {row['infer_stock_s'] * 1e3:.1f} | {row['infer_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
