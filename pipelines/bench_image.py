@@ -6,8 +6,8 @@ Two tables, measured in one run:
    ImageFolder (scikit-image's brick, grass and gravel, 32x32 crops written to a temporary
    folder) for ``--epochs`` epochs, then a bare PyTorch loop (forward, cross-entropy,
    zero_grad, backward, SGD step over the same kind of DataLoader, model, batch and
-   optimizer settings) runs as many, in the same process; this is repeated twice
-   (trainer, bare, trainer, bare) so that a drift of the machine's load shows. The table
+   optimizer settings) runs as many, in the same process; this is repeated three times
+   (trainer, bare, trainer, bare, ...) so that a drift of the machine's load shows. The table
    gives the median epoch time of each (the first epoch of every run, which pays for
    warm-up, left out) and their ratio (goal: at most 1.03). The trainer's epoch time is its
    own ``train_time_s`` (metrics.csv): the training loop, not validation or checkpoints.
@@ -43,6 +43,8 @@ PRESET_PAIRS = [
     ("eca_resnet50", "resnet50", 224, 4),
 ]
 QUICK_PAIRS = [("sna_resnet20", "resnet20", 32, 16)]
+#: Alternating (trainer, bare loop) runs of the overhead table.
+REPEATS = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,22 +78,6 @@ def run(args) -> int:
     return 0
 
 
-def _texture_folder(root) -> None:
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
-    rng = np.random.default_rng(0)
-    for part, count in (("train", 64), ("val", 16)):
-        for name in ("brick", "grass", "gravel"):
-            texture = getattr(data, name)()
-            folder = root / part / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                y, x = (int(v) for v in rng.integers(0, texture.shape[0] - 32, 2))
-                Image.fromarray(texture[y:y + 32, x:x + 32]).save(folder / f"{index}.png")
-
-
 def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
     """Median epoch seconds of the trainer and of a bare loop, alternating epochs."""
     import csv
@@ -103,13 +89,14 @@ def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
     import torch
     from timm.optim import create_optimizer_v2
 
+    from medattn.images import samples
     from medattn.images.data import ImageDataset, build_transforms, channel_statistics, discover
     from medattn.images.models import ModelConfig, build_model
     from medattn.images.training import ImageTrainConfig, ImageTrainer
 
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        _texture_folder(work / "data")
+        samples.make_textures(work / "data", counts=(("train", 128), ("val", 16)))
         settings = dict(task="classification", data=str(work / "data"), out=str(work / "run"), preset="resnet20",
                         epochs=epochs, batch_size=batch, lr=0.05, device=str(device), progress=False)
         found = discover("classification", work / "data")
@@ -121,7 +108,7 @@ def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
         optimizer = create_optimizer_v2(model, opt="sgd", lr=0.05, weight_decay=1e-4, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
         trainer_s, bare_s = [], []
-        for repeat in range(2):
+        for repeat in range(REPEATS):
             ImageTrainer(ImageTrainConfig(**dict(settings, out=str(work / f"run{repeat}")))).run()
             rows = list(csv.DictReader((work / f"run{repeat}" / "metrics.csv").open()))
             trainer_s += [float(row["train_time_s"]) for row in rows][1:]
@@ -215,7 +202,7 @@ def _markdown(overhead: dict, presets: list[dict], machine: dict, args) -> str:
         "| trainer epoch (median) | bare loop epoch (median) | ratio | epochs | samples × batch |",
         "|---|---|---|---|---|",
         f"| {overhead['trainer_s']:.3f} s | {overhead['bare_s']:.3f} s | {overhead['ratio']:.3f} | "
-        f"2 × {overhead['epochs']} (first of each left out) | {overhead['samples']} × {overhead['batch']} |",
+        f"{REPEATS} × {overhead['epochs']} (first of each left out) | {overhead['samples']} × {overhead['batch']} |",
         "",
         "| preset | stock | input | batch | params added | training step | ratio | inference | ratio |",
         "|---|---|---|---|---|---|---|---|---|",
