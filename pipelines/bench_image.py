@@ -66,7 +66,7 @@ def run(args) -> int:
     if rounds < 1 or epochs < 2:
         raise ValueError(f"--rounds must be at least 1 and --epochs at least 2, got {rounds}, {epochs}")
     load_before = os.getloadavg()
-    overhead = bench_trainer_overhead(device, epochs, batch=16 if args.quick else 32)
+    overhead = bench_trainer_overhead(device, epochs, batch=16 if args.quick else 32, per_class=32 if args.quick else 128)
     presets = bench_presets(QUICK_PAIRS if args.quick else PRESET_PAIRS, device, rounds)
     machine = machine_description(device, load_before)
     text = _markdown(overhead, presets, machine, args)
@@ -78,7 +78,7 @@ def run(args) -> int:
     return 0
 
 
-def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
+def bench_trainer_overhead(device, epochs: int, batch: int, per_class: int = 128) -> dict:
     """Median epoch seconds of the trainer and of a bare loop, alternating epochs."""
     import csv
     import statistics
@@ -96,7 +96,7 @@ def bench_trainer_overhead(device, epochs: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        samples.make_textures(work / "data", counts=(("train", 128), ("val", 16)))
+        samples.make_textures(work / "data", counts=(("train", per_class), ("val", 16)))
         settings = dict(task="classification", data=str(work / "data"), out=str(work / "run"), preset="resnet20",
                         epochs=epochs, batch_size=batch, lr=0.05, device=str(device), progress=False)
         found = discover("classification", work / "data")

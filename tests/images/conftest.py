@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from medattn.images import samples
+from medattn.images.training import ImageTrainConfig, ImageTrainer
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,23 @@ def multilabel_data(tmp_path_factory) -> Path:
 def voc_folder(tmp_path_factory) -> Path:
     """VOC-style folder, 48x48 RGB JPEGs, palette masks with 255 borders, train (48) / val (16)."""
     return samples.make_segmentation(tmp_path_factory.mktemp("voc"))
+
+
+def _train(tmp_path_factory, name, **kwargs):
+    out = tmp_path_factory.mktemp(name) / "run"
+    summary = ImageTrainer(ImageTrainConfig(out=str(out), device="cpu", progress=False, **kwargs)).run()
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def classification_run(tmp_path_factory, texture_folder):
+    """Stock ResNet-20 trained 8 epochs on the textures: (run folder, summary)."""
+    return _train(tmp_path_factory, "cls", task="classification", data=str(texture_folder), preset="resnet20",
+                  epochs=8, batch_size=16, lr=0.05)
+
+
+@pytest.fixture(scope="session")
+def segmentation_run(tmp_path_factory, voc_folder):
+    """Stock ResNet-20 with an FCN head trained 12 epochs on the VOC sample: (run folder, summary)."""
+    return _train(tmp_path_factory, "seg", task="segmentation", data=str(voc_folder), preset="resnet20", epochs=12,
+                  batch_size=8, lr=0.05, image_size=48)

@@ -12,7 +12,6 @@ from PIL import Image
 
 from medattn.cli import main
 from medattn.images.metrics import multilabel_metrics
-from tests.images.test_training import classification_run, segmentation_run  # noqa: F401  (module fixtures)
 
 
 def test_classification_predictions_and_metrics_on_the_validation_folder(classification_run, texture_folder,

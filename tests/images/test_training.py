@@ -29,18 +29,6 @@ def _train(tmp_path_factory, name, **kwargs):
     return out, summary
 
 
-@pytest.fixture(scope="module")
-def classification_run(tmp_path_factory, texture_folder):
-    return _train(tmp_path_factory, "cls", task="classification", data=str(texture_folder), preset="resnet20",
-                  epochs=8, batch_size=16, lr=0.05)
-
-
-@pytest.fixture(scope="module")
-def segmentation_run(tmp_path_factory, voc_folder):
-    return _train(tmp_path_factory, "seg", task="segmentation", data=str(voc_folder), preset="resnet20", epochs=12,
-                  batch_size=8, lr=0.05, image_size=48)
-
-
 def test_classification_learns_with_stock_and_dsm(classification_run, tmp_path_factory, texture_folder):
     """SNA-ResNet-20 is not used here: on this budget it stays at chance for some seeds
     (measured: seeds 0, 1, 2 with 2 warmup epochs reached 0.83, 0.94, 0.33; docs/benchmarks.md)."""
