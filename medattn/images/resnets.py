@@ -32,8 +32,6 @@ through the branch ends of a stage.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
 from medattn.placement import Adapter, Stage

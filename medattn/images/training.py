@@ -45,7 +45,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from medattn.images import metrics as image_metrics
 from medattn.images.data import (TASKS, ImageDataset, build_transforms, channel_statistics, collate_with_full_masks,
                                  discover)
 from medattn.images.models import ModelConfig, build_model, load_pretrained
+from medattn.runs import adopt_stored_settings, check_run_folder
 
 __all__ = ["CHECKPOINT_FORMAT", "ImageTrainConfig", "ImageTrainer", "load_image_checkpoint", "read_image_checkpoint"]
 
@@ -230,13 +231,6 @@ class ImageTrainConfig:
         return asdict(self)
 
 
-def _default(name: str):
-    for f in fields(ImageTrainConfig):
-        if f.name == name:
-            return f.default_factory() if f.default_factory is not MISSING else f.default
-    raise KeyError(name)
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -344,31 +338,12 @@ class ImageTrainer:
     # -- setup ---------------------------------------------------------------------------
 
     def _resume_state(self, world) -> dict | None:
-        from medattn.data.io import check_output_folder, remove_stale_temporaries
-
         cfg = self.config
-        check_output_folder(self.out, "--out")
-        if world.is_main:
-            remove_stale_temporaries(self.out)  # what a kill while saving left
-        existing = [name for name in RUN_FILES if (self.out / name).exists()]
-        if not cfg.resume:
-            if existing:
-                raise ValueError(f"{self.out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
-                                 "or choose another --out (nothing was overwritten)")
-            return None
-        if LAST not in existing:
-            if existing:
-                raise ValueError(f"--resume: {self.out} holds {', '.join(existing)} but no {LAST} to continue from; "
-                                 "choose another --out, or move those files away to start a new run there")
-            self._log(f"--resume: no {LAST} in {self.out}; starting a new run", world)
+        if not check_run_folder(self.out, RUN_FILES, LAST, cfg.resume, lambda text: self._log(text, world),
+                                clean=world.is_main):
             return None
         state = read_image_checkpoint(self.out / LAST)
-        stored = state["train_config"]
-        for key in RUN_DEFINING:
-            given = getattr(cfg, key)
-            if given != stored[key] and given != _default(key):
-                raise ValueError(f"--resume: {key} is {stored[key]!r} in {self.out / LAST}, but {given!r} was given")
-            setattr(cfg, key, stored[key])
+        adopt_stored_settings(cfg, state["train_config"], RUN_DEFINING, self.out / LAST)
         return state
 
     def _data(self, resume_state):

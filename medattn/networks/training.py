@@ -50,7 +50,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from medattn.devices import resolve_device
 from medattn.networks import builders
 from medattn.networks.data import discover_dataset, intensity_mode, split_cases, verify_dataset
 from medattn.networks.transforms import TransformConfig, train_transforms, val_transforms
+from medattn.runs import adopt_stored_settings, check_run_folder
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -173,13 +174,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return builders._plain(asdict(self))
-
-
-def _default(name: str):
-    for f in fields(TrainConfig):
-        if f.name == name:
-            return f.default_factory() if f.default_factory is not MISSING else f.default
-    raise KeyError(name)
 
 
 def auto_roi(median_shape, divisor, max_size: int = 128) -> list[int]:
@@ -353,39 +347,13 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------
 
     def _load_resume_state(self) -> dict | None:
-        from medattn.data.io import remove_stale_temporaries
-
         cfg = self.config
-        last = self.out / LAST
-        from medattn.data.io import check_output_folder
-
-        remove_stale_temporaries(check_output_folder(self.out, "--out"))  # what a kill while saving left
-        existing = [self.out / name for name in RUN_FILES if (self.out / name).exists()]
-        if not cfg.resume:
-            if existing:
-                raise ValueError(
-                    f"{self.out} already holds a run ({', '.join(p.name for p in existing)}); pass --resume to "
-                    "continue it or choose another --out (nothing was overwritten)"
-                )
+        if not check_run_folder(self.out, RUN_FILES, LAST, cfg.resume, self._log):
             return None
-        if not last.exists():
-            if existing:  # e.g. only checkpoint_best.pt kept: a new run would overwrite it
-                raise ValueError(
-                    f"--resume: {self.out} holds {', '.join(p.name for p in existing)} but no {LAST} to continue "
-                    "from; choose another --out, or move those files away to start a new run there"
-                )
-            # Like nnU-Net's --c: nothing to continue (e.g. stopped during the first epoch).
-            self._log(f"--resume: no {LAST} in {self.out}; starting a new run")
-            return None
-        state = read_checkpoint(last)
+        state = read_checkpoint(self.out / LAST)
         stored = dict(state["train_config"], attention=builders.legacy_placement(state["train_config"]))
-        # The stored run defines the network; a value left at its default adopts the
-        # stored one, a value given explicitly must agree with it.
-        for key in RUN_DEFINING:
-            given = builders._plain(getattr(cfg, key))
-            if given != stored[key] and given != builders._plain(_default(key)):
-                raise ValueError(f"--resume: {key} is {stored[key]!r} in {last}, but {given!r} was given")
-            setattr(cfg, key, stored[key])
+        # The stored run defines the network.
+        adopt_stored_settings(cfg, stored, RUN_DEFINING, self.out / LAST, normalise=builders._plain)
         return state
 
     def _prepare(self, resume_state: dict | None):
