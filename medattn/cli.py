@@ -30,6 +30,11 @@ COMMAND_MODULES = (
 )
 
 
+#: What Ctrl-C leaves, for commands that do not say more (``interrupt_hint`` in their defaults).
+INTERRUPT_HINT = ("every file written so far is complete (atomic writes) and no temporary file is left; run the "
+                  "same command again")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medattn",
@@ -73,7 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         # A group such as ``medattn nnunet`` without its sub-subcommand: show its help.
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
-    return int(handler(args) or 0)
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        # One rule for every command: a line saying what is kept and how to go on, exit 130.
+        # Commands with more to say (predict, train) catch it themselves.
+        name = " ".join(part for part in (args.command, getattr(args, "train_engine", None),
+                                          getattr(args, "benchmark", None)) if part)
+        print(f"\nmedattn {name}: interrupted; {getattr(args, 'interrupt_hint', INTERRUPT_HINT)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

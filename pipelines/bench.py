@@ -41,7 +41,8 @@ def register(subparsers) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(parser)
-        parser.set_defaults(handler=_Handler(name, module.run))
+        parser.set_defaults(handler=_Handler(name, module.run),
+                            interrupt_hint="no table was written; run the same command again")
 
 
 class _Handler:

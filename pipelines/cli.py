@@ -38,7 +38,8 @@ def register(subparsers) -> None:
                         help="demo: the short training schedule (minutes on a CPU); smoke: one epoch of two "
                         "iterations, to check the plumbing (default: demo)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, interrupt_hint="finished steps are kept and an interrupted training continues; "
+                        "run the same command again")
 
 
 def run(args) -> int:

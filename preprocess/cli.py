@@ -141,6 +141,9 @@ def _add_dicom(inner) -> None:
     parser.add_argument("--out", help="output volume (.nii.gz, .nrrd, .mha); required unless --list")
     parser.add_argument("--series-uid", help="Series Instance UID to convert when the folder holds several")
     parser.add_argument("--list", action="store_true", help="only list the series found and exit")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="convert although DICOM files beside the series could not be read (they are named); "
+                        "without it such a file is an error, since the volume would lack its slice")
     parser.set_defaults(handler=_run_dicom)
 
 
@@ -237,7 +240,9 @@ def _run_dicom(args) -> int:
             return 0 if series else _fail(f"{args.src}: no DICOM series found")
         if not args.out:
             return _fail("--out is required (or use --list)")
-        result = dicom.convert_dicom(args.src, args.out, series_uid=args.series_uid)
+        result = dicom.convert_dicom(args.src, args.out, series_uid=args.series_uid, allow_missing=args.allow_missing)
+        for name, why in result.series.skipped:
+            print(f"warning: skipped {name}: {why} (--allow-missing)", file=sys.stderr)
     except (ValueError, OSError) as err:
         return _fail(str(err))
     g = result.geometry

@@ -13,6 +13,7 @@ them and :func:`convert_dicom` needs ``series_uid`` to pick one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class SeriesInfo:
         modality: (0008,0060), "" if absent.
         description: (0008,103E), "" if absent.
         size: (columns, rows) of the first slice.
+        skipped: ``(file, reason)`` for each DICOM file in ``folder`` that no series of the
+            folder uses (GDCM leaves out truncated or unreadable slices without a word).
     """
 
     uid: str
@@ -45,6 +48,7 @@ class SeriesInfo:
     modality: str
     description: str
     size: tuple[int, int]
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -54,9 +58,11 @@ class SeriesInfo:
     def describe(self) -> str:
         """One line: UID, slice count, size, modality, description and folder."""
         uid = self.uid or "(no Series Instance UID)"
+        skipped = f"  ({len(self.skipped)} file(s) in the folder skipped: " + "; ".join(
+            f"{Path(f).name}: {why}" for f, why in self.skipped) + ")" if self.skipped else ""
         return (
             f"{uid}  {len(self.files)} file(s)  {self.size[0]}x{self.size[1]}  "
-            f"{self.modality or '?'}  {self.description!r}  in {self.folder}"
+            f"{self.modality or '?'}  {self.description!r}  in {self.folder}{skipped}"
         )
 
 
@@ -77,11 +83,57 @@ def list_series(src: str | os.PathLike) -> list[SeriesInfo]:
         raise FileNotFoundError(f"{src}: not a folder (point --src at the folder holding the DICOM files)")
     found = []
     for folder in sorted({src, *(p for p in src.rglob("*") if p.is_dir())}):
+        in_folder = []
         for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
             files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
             if files:
-                found.append(_describe(uid, folder, files))
+                in_folder.append(_describe(uid, folder, files))
+        skipped = skipped_files(folder, {f for s in in_folder for f in s.files})
+        found += [dataclasses.replace(s, skipped=skipped) for s in in_folder]
     return found
+
+
+def skipped_files(folder: Path, used: set[str]) -> tuple[tuple[str, str], ...]:
+    """``(file, reason)`` for the DICOM files in ``folder`` that no series uses.
+
+    A file counts as DICOM when it has the "DICM" marker after its 128-byte preamble or a
+    ``.dcm`` suffix; other files (notes, JSON sidecars) and the DICOMDIR index are not
+    slices and are left alone.
+    """
+    used_paths = {Path(f).resolve() for f in used}
+    skipped = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.resolve() in used_paths or path.name.upper() == "DICOMDIR" or not _looks_like_dicom(path):
+            continue
+        skipped.append((str(path), _why_unreadable(path)))
+    return tuple(skipped)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:132] == b"DICM"
+
+
+def _why_unreadable(path: Path) -> str:
+    """Why the series reader left ``path`` out, in a few words (read with pydicom)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        return "not a valid DICOM file"
+    except Exception as err:  # pydicom raises several types for cut-off data elements
+        return f"unreadable, probably truncated ({type(err).__name__}: {str(err).strip()[:80]})"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    expected = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) * int(
+        ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16)) // 8
+    if not ds.file_meta.TransferSyntaxUID.is_compressed and len(ds.PixelData) < expected:
+        return f"truncated: {len(ds.PixelData)} of {expected} bytes of pixel data"
+    return "left out by the series reader (GDCM), e.g. missing position or orientation tags"
 
 
 def _describe(uid: str, folder: Path, files: tuple[str, ...]) -> SeriesInfo:
@@ -129,14 +181,26 @@ def select_series(src: str | os.PathLike, series_uid: str | None = None) -> Seri
     return matches[0]
 
 
-def read_series(series: SeriesInfo):
+def read_series(series: SeriesInfo, allow_missing: bool = False):
     """Read a series as a 3D ``SimpleITK.Image`` in patient coordinates.
+
+    Args:
+        series: from :func:`list_series`.
+        allow_missing: convert although DICOM files of the series' folder were skipped
+            (:attr:`SeriesInfo.skipped`); they are still named on the way.
 
     Raises:
         ConversionError: naming the folder for unreadable files, a single 2D slice,
-            duplicate slice positions or uneven slice gaps (missing slices).
+            duplicate slice positions or uneven slice gaps (missing slices), and naming
+            every skipped file unless ``allow_missing``.
     """
     import SimpleITK as sitk
+
+    if series.skipped and not allow_missing:
+        listing = "\n".join(f"  {name}: {why}" for name, why in series.skipped)
+        raise ConversionError(f"{series.folder}: {len(series.skipped)} DICOM file(s) beside series {series.label} "
+                              f"were not read, so the volume would lack those slices:\n{listing}\n"
+                              "fix or remove them, or pass --allow-missing to convert without them")
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
@@ -194,13 +258,15 @@ class DicomResult:
     dtype: str
 
 
-def convert_dicom(src: str | os.PathLike, out: str | os.PathLike, series_uid: str | None = None) -> DicomResult:
+def convert_dicom(src: str | os.PathLike, out: str | os.PathLike, series_uid: str | None = None,
+                  allow_missing: bool = False) -> DicomResult:
     """Convert one DICOM series to a volume file, written atomically.
 
     Args:
         src: folder holding the series (searched recursively).
         out: output file; its suffix picks the format (``.nii.gz``, ``.nrrd``, ``.mha``).
         series_uid: Series Instance UID to pick when ``src`` holds several series.
+        allow_missing: convert although some DICOM files beside the series were skipped.
 
     Returns:
         A :class:`DicomResult`.
@@ -221,7 +287,7 @@ def convert_dicom(src: str | os.PathLike, out: str | os.PathLike, series_uid: st
         raise ValueError(f"--out {out}: is a folder; give the output file, e.g. {Path(out) / 'ct.nii.gz'}")
     remove_stale_temporaries(check_output_folder(Path(out).parent, "--out"), {Path(out).name})
     series = select_series(src, series_uid)
-    image = read_series(series)
+    image = read_series(series, allow_missing)
     geometry = Geometry.of(image)
     array = sitk.GetArrayFromImage(image)
     written = write_image(array, geometry, out)

@@ -19,7 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -422,11 +422,52 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; NaN is written as ``null``."""
+def write_set_atomic(folder: str | os.PathLike, contents: dict[str, str], stale: Iterable[str] = ()) -> dict[str, Path]:
+    """Replace a set of text files in ``folder`` as a unit.
+
+    Every file is written to its temporary (named as :func:`atomic_write` names them, so
+    :func:`remove_stale_temporaries` finds what a kill leaves) before any is renamed: a
+    failure while writing (a full disk, an error) leaves the previous set untouched. Then
+    all are renamed, and the files of ``stale`` (members of the set this run does not
+    produce, e.g. a comparison table from an earlier run with ``--compare``) are removed,
+    so the folder never mixes two runs' outputs.
+
+    Returns:
+        File name to path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, text in contents.items():
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{''.join(Path(name).suffixes)}",
+                                            dir=folder)
+            staged.append((Path(tmp_name), folder / name))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+            os.chmod(tmp_name, 0o666 & ~_umask())
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    for name in stale:
+        if name not in contents:
+            (folder / name).unlink(missing_ok=True)
+    return {name: folder / name for name in contents}
+
+
+def json_text(obj, indent: int = 2) -> str:
+    """``obj`` as JSON text ending in a newline; NaN becomes ``null`` (valid JSON)."""
     import json
 
-    return write_text_atomic(path, json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n")
+    return json.dumps(_nan_to_none(obj), indent=indent, sort_keys=False) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; NaN is written as ``null``."""
+    return write_text_atomic(path, json_text(obj, indent))
 
 
 def _nan_to_none(obj):

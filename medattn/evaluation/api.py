@@ -206,7 +206,7 @@ def evaluate_folders(
         remove_stale_temporaries(check_output_folder(out_dir, "--out"))
     label_map = parse_label_map(labels) if labels is not None else None
     pred_folders = [Path(pred_dir)] + ([Path(compare)] if compare is not None else [])
-    tasks, unmatched = _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty)
+    tasks, unmatched, missing = _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty)
     problems = _check_headers(tasks)
     if problems:
         raise EvaluationError(f"{len(problems)} case(s) do not match their ground truth", problems)
@@ -221,7 +221,7 @@ def evaluate_folders(
     units = {"distance": "voxels" if spacing == "voxel" else "mm", "volume": "voxels" if spacing == "voxel" else "mm3"}
     summary = _summary(
         pred_folders, gt_dir, label_map, scored, convention, spacing, units,
-        [r.case for r in results], per_class, means, comparison, unmatched,
+        [r.case for r in results], per_class, means, comparison, unmatched, missing,
     )
     result = EvaluationResult(
         metrics=tables[0],
@@ -238,7 +238,8 @@ def evaluate_folders(
 
 
 def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as_empty):
-    """One task per ground-truth case, and the predictions that have no ground truth."""
+    """One task per ground-truth case, the predictions that have no ground truth, and per
+    folder the ground-truth cases it has no prediction for."""
     gt_cases = _cases_in(gt_dir, "ground-truth")
     if not gt_cases:
         raise EvaluationError(f"{gt_dir}: no ground-truth images found", [])
@@ -252,6 +253,8 @@ def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as
                 missing,
             )
     unmatched = {str(folder): sorted(set(cases) - set(gt_cases)) for folder, cases in zip(pred_folders, pred_cases)}
+    # With --missing-as-empty, which cases were scored as empty masks (summary.json, console).
+    missing = {str(folder): sorted(set(gt_cases) - set(cases)) for folder, cases in zip(pred_folders, pred_cases)}
     tasks = [
         _CaseTask(
             case=case,
@@ -265,7 +268,7 @@ def _pair_cases(pred_folders, gt_dir, label_map, spacing, convention, missing_as
         )
         for case, gt_path in sorted(gt_cases.items())
     ]
-    return tasks, unmatched
+    return tasks, unmatched, missing
 
 
 def _scored_labels(label_map, tasks, results, gt_dir) -> list[_Scored]:
@@ -506,7 +509,7 @@ def _class_statistics(tables, scored: Sequence[_Scored], compare: bool):
 
 
 def _summary(pred_folders, gt_dir, label_map, scored, convention, spacing, units, cases,
-             per_class, means, comparison, unmatched) -> dict:
+             per_class, means, comparison, unmatched, missing) -> dict:
     from medattn import __version__
 
     def class_block(table):
@@ -537,6 +540,7 @@ def _summary(pred_folders, gt_dir, label_map, scored, convention, spacing, units
         "per_class": class_block(per_class[0]),
         "mean": means[0],
         "unmatched_predictions": unmatched,
+        "missing_scored_as_empty": missing,
     }
     if comparison is not None:
         summary["compare"] = {

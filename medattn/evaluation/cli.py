@@ -99,7 +99,8 @@ def register(subparsers) -> None:
         help="score a missing prediction as an empty mask instead of failing",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, interrupt_hint="nothing was written (--out is replaced only as a complete set "
+                        "of outputs); run the same command again")
 
 
 def run(args) -> int:
@@ -128,6 +129,11 @@ def run(args) -> int:
     except (ValueError, OSError) as err:
         print(f"medattn evaluate: error: {err}", file=sys.stderr)
         return 1
+    for folder, cases in result.summary["missing_scored_as_empty"].items():
+        if cases:
+            print(f"note: {len(cases)} ground-truth case(s) have no prediction in {folder} and were scored as "
+                  f"empty masks (--missing-as-empty): {', '.join(cases[:10])}{' ...' if len(cases) > 10 else ''}",
+                  file=sys.stderr)
     for folder, cases in result.summary["unmatched_predictions"].items():
         if cases:
             print(f"note: {len(cases)} prediction(s) in {folder} have no ground truth and were "

@@ -2,7 +2,7 @@
 
 ``report.html`` is self-contained: inline CSS, no script, and the per-class box plots
 embedded as base64 PNG (matplotlib, Agg), so it opens without network. Every file is
-written through :func:`medattn.data.io.atomic_write`.
+written as one set through :func:`medattn.data.io.write_set_atomic`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from medattn.data.io import atomic_write, write_json_atomic, write_text_atomic
 from medattn.evaluation.conventions import conventions_markdown_table, conventions_rows
 
 #: Metrics drawn as box plots, with their axis labels.
@@ -32,23 +31,27 @@ def write_outputs(result, out_dir: str | os.PathLike) -> dict[str, Path]:
         Output name to path: metrics.csv, summary.json, report.md, report.html, and with a
         comparison also metrics_compare.csv and comparison.csv.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"metrics.csv": _write_csv(result.metrics, out / "metrics.csv")}
+    from medattn.data.io import json_text, write_set_atomic
+
+    # Everything is rendered before anything is written, and the set replaces the previous
+    # one as a unit (an earlier run's comparison tables go when this run has none).
+    contents = {"metrics.csv": _csv_text(result.metrics)}
     if result.compare_metrics is not None:
-        written["metrics_compare.csv"] = _write_csv(result.compare_metrics, out / "metrics_compare.csv")
-        written["comparison.csv"] = _write_csv(result.comparison, out / "comparison.csv")
-    written["summary.json"] = write_json_atomic(out / "summary.json", result.summary)
-    written["report.md"] = write_text_atomic(out / "report.md", markdown_report(result))
-    written["report.html"] = write_text_atomic(out / "report.html", html_report(result))
-    return written
+        contents["metrics_compare.csv"] = _csv_text(result.compare_metrics)
+        contents["comparison.csv"] = _csv_text(result.comparison)
+    contents["summary.json"] = json_text(result.summary)
+    contents["report.md"] = markdown_report(result)
+    contents["report.html"] = html_report(result)
+    return write_set_atomic(out_dir, contents, stale=OUTPUT_SET)
 
 
-def _write_csv(table, path: Path) -> Path:
-    with atomic_write(path) as tmp:
-        # Default float formatting is repr, so values round-trip exactly.
-        table.to_csv(tmp, index=False, na_rep="NaN")
-    return path
+#: Every file an evaluation writes.
+OUTPUT_SET = ("metrics.csv", "metrics_compare.csv", "comparison.csv", "summary.json", "report.md", "report.html")
+
+
+def _csv_text(table) -> str:
+    # Default float formatting is repr, so values round-trip exactly.
+    return table.to_csv(index=False, na_rep="NaN", lineterminator="\n")
 
 
 def set_names(summary: dict) -> tuple[str, str]:

@@ -153,7 +153,7 @@ def _train_image(args) -> int:
 
         summary = ImageTrainer(config).run()
     except (ImageDataError, ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"medattn train image: error: {err}", file=sys.stderr)
+        print(f"medattn train image: error: {_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nmedattn train image: interrupted; {args.out}/checkpoint_last.pt holds the last finished epoch; "
@@ -162,6 +162,16 @@ def _train_image(args) -> int:
     if summary.get("out") and _is_main():
         print(json.dumps({k: v for k, v in summary.items() if k != "out"}, indent=2))
     return 0
+
+
+def _message(err: Exception) -> str:
+    """The error's own words: an error raised in a DataLoader worker arrives with the worker's
+    traceback in its message, whose last line is the original ``Class: message``."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _is_main() -> bool:

@@ -80,7 +80,7 @@ def detect_model(model: str | os.PathLike, checkpoint: str | None = None) -> Mod
         FileNotFoundError: if ``model`` does not exist.
         ValueError: if it is neither, saying what was expected.
     """
-    from medattn.inference.monai_backend import find_monai_checkpoint
+    from medattn.inference.monai_backend import CHECKPOINT_NAMES, find_monai_checkpoint
     from medattn.inference.nnunet_backend import is_nnunet_model
 
     path = Path(model)
@@ -94,6 +94,11 @@ def detect_model(model: str | os.PathLike, checkpoint: str | None = None) -> Mod
     found = find_monai_checkpoint(path, checkpoint if path.is_dir() else None)
     if found is not None and found.suffix in (".pt", ".pth"):
         return ModelSource("monai", found)
+    if path.is_dir() and (path / "config.json").is_file():  # a training folder whose checkpoints are gone
+        names = checkpoint or " or ".join(CHECKPOINT_NAMES)
+        present = sorted(p.name for p in path.glob("*.pt")) or ["none"]
+        raise ValueError(f"--model {path}: a training output folder (it has config.json) without {names}; "
+                         f"checkpoints there: {', '.join(present)} (choose one with --checkpoint, or train first)")
     raise ValueError(
         f"--model {path}: not a model. Expected an nnU-Net training output folder (with plans.json, "
         "dataset.json and fold_X/checkpoint_final.pth, e.g. nnUNet_results/Dataset990_Phantom/"
@@ -285,6 +290,8 @@ def predict(
             from medattn.data.io import remove_stale_temporaries
 
             remove_stale_temporaries(output_dir, {"plans.json", "dataset.json"})
+        check_prediction_record(output_dir, prediction_record(source, backend, checkpoint, tta, step_size,
+                                                              postprocessing), overwrite)
         if source.kind == "nnunet":
             _copy_model_files(source.path, output_dir)
         todo = []
@@ -303,6 +310,75 @@ def predict(
     finally:
         torch.set_num_threads(threads)
     return report
+
+
+#: The file in every prediction folder that says which model wrote its label maps.
+RECORD = "medattn_predict.json"
+
+
+def prediction_record(source: ModelSource, backend, checkpoint, tta: bool, step_size: float, postprocessing) -> dict:
+    """What decides a label map: the model's checkpoint files (path, size, modification
+    time, so a model retrained in place counts as another), its folds, TTA, step size and
+    postprocessing. The device and worker counts are left out: they do not change it."""
+    path = source.path.resolve()
+    if path.is_file():
+        files = [path]
+    else:
+        folds = getattr(backend, "folds", None)
+        name = checkpoint or "checkpoint_final.pth"
+        files = sorted(path.glob(f"fold_*/{name}")) if folds is None else [path / f"fold_{f}" / name for f in folds]
+    return {
+        "model": str(path),
+        "checkpoints": [{"path": str(f), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+                        for f in files if f.is_file()],
+        "folds": [str(f) for f in getattr(backend, "folds", None) or []],
+        "tta": bool(tta), "step_size": float(step_size),
+        "postprocessing": None if postprocessing is None else str(Path(postprocessing).resolve()),
+    }
+
+
+def check_prediction_record(output_dir: Path, record: dict, overwrite: bool) -> None:
+    """Refuse to resume into label maps another model (or other settings) wrote; then record
+    this model.
+
+    Label maps without a record (written before medattn kept one, or by another tool) are
+    refused too, since nothing says which model made them. ``overwrite`` replaces them.
+
+    Raises:
+        ValueError: naming the folder, both models and ``--overwrite``.
+    """
+    import json
+
+    from medattn.data.io import list_images, write_json_atomic
+
+    path = output_dir / RECORD
+    existing = [p.name for p in list_images(output_dir) if not p.name.startswith(".")] if output_dir.is_dir() else []
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        stored = FileNotFoundError
+    except (OSError, ValueError):
+        stored = None
+    if not overwrite and existing:
+        if stored is FileNotFoundError:
+            raise ValueError(f"{output_dir} holds {len(existing)} label map(s) (e.g. {existing[0]}) but no {RECORD} "
+                             "saying which model wrote them; pass --overwrite to predict them again, or choose "
+                             "another --output")
+        if stored != record:
+            what = "another model" if stored is None or stored.get("model") != record["model"] else "other settings"
+            written_by = "an unreadable record" if stored is None else f"{stored.get('model')}"
+            raise ValueError(f"{output_dir} holds label maps written by {what} ({written_by}; this is "
+                             f"{record['model']}, {_settings_difference(stored, record)}); pass --overwrite to "
+                             "replace them, or choose another --output")
+    if stored != record:  # a resume with the same model leaves the folder untouched
+        write_json_atomic(path, record)
+
+
+def _settings_difference(stored: dict | None, record: dict) -> str:
+    if not stored:
+        return "no readable record"
+    changed = [key for key in record if stored.get(key) != record[key]]
+    return "differs in " + ", ".join(changed)
 
 
 def _this_part(cases: list[Case], problems: list, num_parts: int, part_id: int) -> tuple[list[Case], list]:

@@ -131,6 +131,7 @@ class NNUNetBackend:
 
         checkpoint = checkpoint or CHECKPOINT
         folds = _check_folds(model_dir, folds, checkpoint)
+        self.folds = list(folds)  # what the ensemble uses (the prediction record names them)
         self.postprocessing = load_postprocessing(postprocessing, trust) if postprocessing is not None else ([], [])
         register_trainers()
         # nnU-Net prints its trainer search and device notes; keep them for errors only.

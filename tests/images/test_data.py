@@ -189,3 +189,22 @@ def test_test_sets_are_labelled_when_their_layout_is(texture_folder, voc_folder,
         discover_test("classification", texture_folder / "test", ["a", "b", "c"])
     samples, labelled, _ = discover_test("segmentation", voc_folder, ["bg", "a", "b"])
     assert labelled and len(samples) == 16  # val.txt, there being no test.txt
+
+
+def test_a_file_that_breaks_in_a_loader_worker_is_named_without_the_worker_traceback(texture_folder, tmp_path,
+                                                                                  capsys):
+    """More than 256 training images: the statistics sample misses some, so a broken file
+    is found by a DataLoader worker during the epoch."""
+    from medattn.images import samples
+
+    data = samples.make_textures(tmp_path / "many", counts=(("train", 96), ("val", 2)))
+    bad = sorted((data / "train" / "grass").iterdir())[5]
+    big = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(big).save(bad)
+    bad.write_bytes(bad.read_bytes()[:200])
+    code = main(["train", "image", "--task", "classification", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--preset", "resnet20", "--epochs", "1", "--batch-size", "96", "--workers", "1", "--device", "cpu",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "cannot be decoded" in err, err
+    assert "Traceback" not in err

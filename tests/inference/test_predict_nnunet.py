@@ -26,7 +26,10 @@ from medattn.data.io import list_images
 
 pytestmark = pytest.mark.slow
 
+# nnUNetv2_predict copies the model's dataset.json and plans.json beside the label maps
 MODEL_FILES = ["dataset.json", "plans.json"]
+# and medattn records which model wrote them (medattn.inference.batch.RECORD)
+FOLDER_FILES = [*MODEL_FILES, "medattn_predict.json"]
 
 
 def _read(path: Path):
@@ -125,8 +128,8 @@ def test_parts_predict_every_case_once_into_one_folder(stock_model, small_images
 def test_default_run_keeps_geometry_and_writes_no_probabilities(reference_predictions, small_images):
     images = list_images(small_images)
     written = sorted(p.name for p in reference_predictions.iterdir())
-    # nnUNetv2_predict's layout: the label maps, and the model's dataset.json and plans.json
-    assert written == sorted([p.name.replace("_0000.nii.gz", ".nii.gz") for p in images] + MODEL_FILES)
+    # the label maps beside FOLDER_FILES
+    assert written == sorted([p.name.replace("_0000.nii.gz", ".nii.gz") for p in images] + FOLDER_FILES)
     for image in images:
         _assert_same_grid(reference_predictions / image.name.replace("_0000", ""), image)
 
@@ -160,7 +163,7 @@ def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
             "--device", "cpu", "--no-tta", "--no-progress"]
     assert main(args) == 0
     inodes = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
-    assert len(inodes) == 2 + len(MODEL_FILES)
+    assert len(inodes) == 2 + len(FOLDER_FILES)
     capsys.readouterr()
     assert main(args) == 0
     assert "0 predicted, 2 skipped" in capsys.readouterr().out
@@ -169,8 +172,8 @@ def test_resumes_and_overwrites(stock_model, small_images, tmp_path, capsys):
     assert "2 predicted, 0 skipped" in capsys.readouterr().out
     renewed = {p.name: p.stat().st_ino for p in tmp_path.iterdir()}
     assert renewed.keys() == inodes.keys()
-    assert all(renewed[k] != inodes[k] for k in inodes if k not in MODEL_FILES)
-    assert all(renewed[k] == inodes[k] for k in MODEL_FILES)  # unchanged, so not rewritten
+    assert all(renewed[k] != inodes[k] for k in inodes if k not in FOLDER_FILES)
+    assert all(renewed[k] == inodes[k] for k in FOLDER_FILES)  # unchanged, so not rewritten
 
 
 def _label_maps(output: Path) -> list[Path]:
@@ -256,7 +259,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(stock_model, small_image
                  "--device", "cpu", "--no-tta", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
-    assert sorted(p.name for p in output.iterdir()) == sorted(["good.nii.gz", "plain.nii.gz"] + MODEL_FILES)
+    assert sorted(p.name for p in output.iterdir()) == sorted(["good.nii.gz", "plain.nii.gz"] + FOLDER_FILES)
     _assert_same_grid(output / "plain.nii.gz", good)
     summary = captured.err[captured.err.index("FAILED (5)"):]
     expectations = {  # file name: what the message must say (names chosen not to contain it)

@@ -1,5 +1,5 @@
 """Reliability: resumed outputs are checked, and bad files are named with the reason
-(issue 17's findings 8 and 12, the parts fixed so far)."""
+(issue 17's findings 8 and 12)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,36 @@ def test_a_zero_byte_or_foreign_output_is_predicted_again(monai_checkpoint, phan
     assert sitk.ReadImage(str(maps[1])).GetSize() == reference.GetSize()
 
 
+def test_label_maps_of_another_model_or_other_settings_are_refused(monai_checkpoint, phantom, tmp_path, capsys):
+    """Resuming used to skip every case written by any model; now the folder records the
+    model (medattn_predict.json) and another one needs --overwrite."""
+    import shutil
+
+    from medattn.inference.batch import RECORD
+
+    out = tmp_path / "out"
+    case = sorted((phantom / "imagesTr").glob("*.nii.gz"))[0]
+    assert _predict(monai_checkpoint, case, out) == 0
+    other = tmp_path / "other" / "checkpoint_best.pt"
+    other.parent.mkdir()
+    shutil.copy(monai_checkpoint, other)
+    before = (out / case.name.replace("_0000", "")).read_bytes()
+    capsys.readouterr()
+    assert _predict(other, case, out) == 2
+    error = capsys.readouterr().err
+    assert "written by another model" in error and str(monai_checkpoint) in error and "--overwrite" in error
+    assert main(["predict", "--model", str(monai_checkpoint), "--input", str(case), "--output", str(out),
+                 "--device", "cpu", "--no-progress"]) == 2  # TTA on this time
+    assert "other settings" in capsys.readouterr().err
+    assert (out / case.name.replace("_0000", "")).read_bytes() == before  # nothing replaced
+    assert main(["predict", "--model", str(other), "--input", str(case), "--output", str(out), "--device", "cpu",
+                 "--no-tta", "--no-progress", "--overwrite"]) == 0
+    assert json.loads((out / RECORD).read_text())["model"] == str(other.resolve())
+    (out / RECORD).unlink()  # maps with no record of their model
+    assert _predict(other, case, out) == 2
+    assert f"no {RECORD}" in capsys.readouterr().err
+
+
 def test_an_empty_checkpoint_is_named_with_the_reason(tmp_path):
     import pytest
 
@@ -56,3 +86,31 @@ def test_an_anonymised_series_is_named_as_such():
 
     series = SeriesInfo("", Path("study"), ("a.dcm",), "CT", "", (16, 16))
     assert series.label == "(no Series Instance UID)" and SeriesInfo("1.2", Path("s"), (), "", "", (0, 0)).label == "'1.2'"
+
+
+def test_a_training_folder_without_checkpoints_is_named_as_such(phantom, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.csv").write_text("epoch\n")
+    assert main(["predict", "--model", str(run), "--input", str(phantom / "imagesTr"), "--output",
+                 str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert "training output folder (it has config.json) without checkpoint_best.pt or checkpoint_last.pt" in error
+
+
+def test_missing_as_empty_names_the_cases_it_scored_empty(tmp_path, capsys):
+    import numpy as np
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for folder, cases in ((gt, ("c1", "c2", "c3")), (pred, ("c1",))):
+        folder.mkdir()
+        for case in cases:
+            labels = np.zeros((6, 8, 8), np.uint8)
+            labels[1:4, 2:6, 2:6] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(labels), str(folder / f"{case}.nii.gz"))
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "e"), "--labels",
+                 "1=organ", "--missing-as-empty", "--no-progress"]) == 0
+    assert "2 ground-truth case(s) have no prediction" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["missing_scored_as_empty"] == {str(pred): ["c2", "c3"]}

@@ -156,3 +156,87 @@ def test_outputs_that_are_files_are_refused_in_medattns_words(monai_checkpoint, 
     assert main(["convert", "dicom", "--src", str(series), "--out", str(blocker / "ct.nii.gz")]) != 0
     error = capsys.readouterr().err
     assert "a_file" in error and "not a folder" in error and "Errno" not in error
+
+
+# 10 --------------------------------------------------------------------------------------
+
+
+def _label_folders(root: Path) -> tuple[Path, Path, Path]:
+    folders = [root / name for name in ("gt", "a", "b")]
+    for index, folder in enumerate(folders):
+        folder.mkdir()
+        for case in ("c1", "c2"):
+            labels = np.zeros((8, 16, 16), np.uint8)
+            labels[2:6, 4:12, 4 + index:12] = 1
+            sitk.WriteImage(sitk.GetImageFromArray(labels), str(folder / f"{case}.nii.gz"))
+    return tuple(folders)
+
+
+def test_evaluate_replaces_its_output_set_as_a_unit(tmp_path, monkeypatch, capsys):
+    gt, a, b = _label_folders(tmp_path)
+    out = tmp_path / "eval"
+    base = ["evaluate", "--gt", str(gt), "--out", str(out), "--labels", "1=organ", "--no-progress", "-j", "1"]
+    assert main(base + ["--pred", str(a), "--compare", str(b)]) == 0
+    assert (out / "comparison.csv").is_file()
+    assert main(base + ["--pred", str(b)]) == 0
+    # the comparison of the first run must not sit beside the second run's metrics
+    assert not (out / "comparison.csv").exists() and not (out / "metrics_compare.csv").exists()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    from medattn.evaluation import report
+
+    def broken(result):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(report, "html_report", broken)
+    assert main(base + ["--pred", str(a)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole; no temporaries
+
+
+# 7, for every long command ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, target, hint", [
+    (["evaluate", "--pred", "P", "--gt", "G", "--out", "O"], "medattn.evaluation.api.evaluate_folders",
+     "nothing was written"),
+    (["convert", "dicom", "--src", "S", "--out", "O.nii.gz"], "medattn.preprocess.dicom.convert_dicom",
+     "no temporary file is left"),
+    (["demo", "--out", "D"], "medattn.pipelines.demo.run_demo", "finished steps are kept"),
+    (["bench", "image", "--quick"], "medattn.pipelines.bench_image.bench_trainer_overhead", "no table was written"),
+])
+def test_ctrl_c_in_every_long_command_ends_with_one_line_and_exit_130(command, target, hint, tmp_path, monkeypatch,
+                                                                     capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(target, interrupted)
+    assert main(command) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and hint in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2, err
+
+
+# 4 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", [-1, 2])  # an end slice (no gap shows it) and a middle one
+def test_a_corrupt_slice_is_named_not_dropped(tmp_path, capsys, which):
+    series = tmp_path / "series"
+    series.mkdir()
+    slices = _dicom_series(series, slices=5)
+    bad = slices[which]
+    bad.write_bytes(bad.read_bytes()[:-300])  # cut off inside the pixel data
+    (series / "notes.txt").write_text("not a slice, and not reported")
+    out = tmp_path / "ct.nii.gz"
+    assert main(["convert", "dicom", "--src", str(series), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert str(bad) in error and "truncated" in error and "--allow-missing" in error and "notes.txt" not in error
+    assert not out.exists()
+    assert main(["convert", "dicom", "--src", str(series), "--list"]) == 0
+    assert "1 file(s) in the folder skipped" in capsys.readouterr().out
+    if which == -1:
+        assert main(["convert", "dicom", "--src", str(series), "--out", str(out), "--allow-missing"]) == 0
+        assert f"skipped {bad}" in capsys.readouterr().err
+        assert sitk.ReadImage(str(out)).GetSize()[2] == 4
