@@ -240,3 +240,24 @@ def test_a_corrupt_slice_is_named_not_dropped(tmp_path, capsys, which):
         assert main(["convert", "dicom", "--src", str(series), "--out", str(out), "--allow-missing"]) == 0
         assert f"skipped {bad}" in capsys.readouterr().err
         assert sitk.ReadImage(str(out)).GetSize()[2] == 4
+
+
+# passing cases of the sweep, kept ---------------------------------------------------------
+
+
+def test_non_ascii_paths_work_end_to_end(phantom, monai_checkpoint, tmp_path):
+    root = tmp_path / "données_ü 非"
+    inputs, predictions, gt = root / "entrée", root / "prédictions", root / "vérité"
+    inputs.mkdir(parents=True)
+    gt.mkdir()
+    case = sorted((phantom / "imagesTr").glob("*.nii.gz"))[0]
+    shutil.copy(case, inputs / case.name)
+    shutil.copy(phantom / "labelsTr" / case.name.replace("_0000", ""), gt / case.name.replace("_0000", ""))
+    model = root / "modèle" / "checkpoint_best.pt"
+    model.parent.mkdir()
+    shutil.copy(monai_checkpoint, model)
+    assert main(["predict", "--model", str(model), "--input", str(inputs), "--output", str(predictions),
+                 "--device", "cpu", "--no-tta", "--no-progress"]) == 0
+    assert main(["evaluate", "--pred", str(predictions), "--gt", str(gt), "--out", str(root / "éval"), "--labels",
+                 "1=a,2=b,3=c", "--no-progress"]) == 0
+    assert (root / "éval" / "report.html").is_file()
