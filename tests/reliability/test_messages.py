@@ -114,3 +114,16 @@ def test_missing_as_empty_names_the_cases_it_scored_empty(tmp_path, capsys):
     assert "2 ground-truth case(s) have no prediction" in capsys.readouterr().err
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["missing_scored_as_empty"] == {str(pred): ["c2", "c3"]}
+
+
+def test_a_truncated_nnunet_checkpoint_is_named_by_its_file(stock_model, phantom, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / stock_model.name
+    shutil.copytree(stock_model, model)
+    checkpoint = model / "fold_0" / "checkpoint_final.pth"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:4096])
+    assert main(["predict", "--model", str(model), "--input", str(phantom / "imagesTr"), "--output",
+                 str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert str(checkpoint) in error and "Traceback" not in error, error
