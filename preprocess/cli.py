@@ -64,6 +64,7 @@ def register(subparsers) -> None:
     _add_synapse(inner)
     _add_transunet(inner)
     _add_dicom(inner)
+    _add_vindr_cxr(inner)
 
 
 def _positive_int(text: str) -> int:
@@ -251,3 +252,47 @@ def _run_dicom(args) -> int:
         f"spacing {tuple(round(s, 4) for s in g.spacing)} mm, {result.dtype}"
     )
     return 0
+
+
+_EPILOG_VINDR = """examples:
+  medattn convert vindr-cxr --src vinbigdata-chest-xray-abnormalities-detection --out vindr_png -j 2
+  medattn convert vindr-cxr --src physionet.org/files/vindr-cxr/1.0.0 --out vindr_png --label-policy majority
+  medattn train image --task multilabel --data vindr_png/labels.csv --preset sna_resnet18 --out runs/cxr
+
+writes images/{train,test}/{image_id}.png, labels.csv (No finding + Kaggle classes 0-13 as 0/1
+columns), annotations/instances_{train,test}.json (COCO) and manifest.csv (how each image was
+converted, and the error of each file that could not be). A rerun skips finished images."""
+
+
+def _add_vindr_cxr(inner) -> None:
+    parser = inner.add_parser(
+        "vindr-cxr",
+        help="VinDr-CXR (Kaggle or PhysioNet layout) -> PNGs, multi-label CSV, COCO boxes",
+        description="Convert the VinDr-CXR chest radiographs: DICOM decoded with pydicom 3, Modality LUT, VOI\n"
+        "(LUT, else the first window, else the full range), MONOCHROME1 inverted within the output range;\n"
+        "per-reader findings turned into image labels by --label-policy; every reader's boxes in COCO.",
+        epilog=_EPILOG_VINDR,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--src", required=True, help="the download: train.csv + train/ (Kaggle) or annotations/ + "
+                        "train/ (PhysioNet)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--label-policy", choices=("any", "majority", "all"), default="any",
+                        help="a finding counts when any reader (default, the SNA paper's union), a majority or all "
+                        "readers named it; No finding = 1 only when none survives")
+    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=8, help="PNG depth (default 8)")
+    parser.add_argument("--overwrite", action="store_true", help="convert images whose PNG exists already")
+    parser.add_argument("-j", "--jobs", type=_positive_int, default=2, help="images converted at once (default 2)")
+    parser.set_defaults(handler=_run_vindr_cxr)
+
+
+def _run_vindr_cxr(args) -> int:
+    from medattn.preprocess.vindr_cxr import convert_vindr_cxr
+
+    try:
+        report = convert_vindr_cxr(args.src, args.out, jobs=args.jobs, label_policy=args.label_policy,
+                                   output_bits=args.output_bits, overwrite=args.overwrite)
+    except (ValueError, OSError) as err:
+        return _fail(str(err))
+    print(report.summary())
+    return 0 if report.ok else 1

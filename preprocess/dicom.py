@@ -127,12 +127,18 @@ def _why_unreadable(path: Path) -> str:
         return "not a valid DICOM file"
     except Exception as err:  # pydicom raises several types for cut-off data elements
         return f"unreadable, probably truncated ({type(err).__name__}: {str(err).strip()[:80]})"
-    if "PixelData" not in ds:
-        return "no pixel data"
-    expected = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) * int(
-        ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16)) // 8
-    if not ds.file_meta.TransferSyntaxUID.is_compressed and len(ds.PixelData) < expected:
-        return f"truncated: {len(ds.PixelData)} of {expected} bytes of pixel data"
+    try:
+        if "PixelData" not in ds:
+            return "no pixel data"
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is None:
+            return "no Transfer Syntax UID in its file meta information"
+        expected = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) * int(
+            ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16)) // 8
+        if not syntax.is_compressed and len(ds.PixelData) < expected:
+            return f"truncated: {len(ds.PixelData)} of {expected} bytes of pixel data"
+    except Exception as err:  # a damaged header: say what pydicom found
+        return f"damaged header ({type(err).__name__}: {str(err).strip()[:80]})"
     return "left out by the series reader (GDCM), e.g. missing position or orientation tags"
 
 

@@ -6,8 +6,10 @@ Layouts (``--data``), detected from what the folder holds:
   give the class indices), or a folder with ``train/`` and ``val/`` ImageFolders (the
   layout gives the split).
 - **multilabel**: a CSV with a ``path`` column (relative to the CSV's folder) and one 0/1
-  column per class, the format of ``medattn convert vindr-cxr``; ``--data`` is the CSV
-  itself, or a folder holding ``train.csv`` (and ``val.csv`` for a given split).
+  column per class; ``--data`` is the CSV itself, or a folder holding ``train.csv`` (and
+  ``val.csv`` for a given split). ``labels.csv`` of ``medattn convert vindr-cxr`` reads as
+  it is: its ``image_id`` column is not a class, and its ``split`` column gives the split
+  (train and val rows; test rows stay out of training).
 - **segmentation**: a VOC-style folder (``JPEGImages/``, palette or grayscale PNG masks
   in ``SegmentationClass/``, 255 = ignore, ``ImageSets/Segmentation/{train,val}.txt``), or
   ``images/`` + ``masks/`` folders whose files pair by stem (``a.jpg`` with ``a.png``),
@@ -45,6 +47,8 @@ __all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "TASKS", "ImageData", "ImageDataErr
 TASKS = ("classification", "multilabel", "segmentation")
 IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Columns of a multi-label CSV that are not classes (labels.csv of ``medattn convert vindr-cxr``).
+METADATA_COLUMNS = ("image_id",)
 #: How many training images the normalisation statistics are computed from.
 STATISTICS_SAMPLES = 256
 
@@ -55,10 +59,12 @@ class ImageDataError(ValueError):
 
 @dataclass
 class Sample:
-    """One image and its target: a class index, a multi-hot list, a mask path, or None."""
+    """One image and its target: a class index, a multi-hot list, a mask path, or None;
+    ``split`` is the part a CSV's split column names, if any."""
 
     image: Path
     target: Any = None
+    split: str | None = None
 
 
 @dataclass
@@ -279,6 +285,9 @@ def read_multilabel_csv(path: Path, classes: list[str] | None = None) -> tuple[l
         raise ImageDataError(f"{path}: not a readable CSV ({err})") from err
     if "path" not in table.columns:
         raise ImageDataError(f"{path}: no 'path' column (columns: {list(table.columns)})")
+    split = table.pop("split").astype(str).tolist() if "split" in table.columns else None
+    table = table.drop(columns=[c for c in METADATA_COLUMNS if c in table.columns])
+    table = table[["path", *[c for c in table.columns if c != "path"]]]
     names = [c for c in table.columns if c != "path"]
     if classes is not None and names and names != classes:
         raise ImageDataError(f"{path}: class columns {names} differ from the training classes {classes}")
@@ -298,14 +307,31 @@ def read_multilabel_csv(path: Path, classes: list[str] | None = None) -> tuple[l
         samples.append(Sample(image, [int(v) for v in values] if names else None))
     if not samples:
         raise ImageDataError(f"{path}: no rows")
+    if split is not None:
+        for sample, part in zip(samples, split):
+            sample.split = part
     return names or list(classes), samples
+
+
+def _csv_split(samples: list[Sample], val_fraction: float, seed: int):
+    """A ``split`` column (labels.csv of ``medattn convert vindr-cxr``) gives train and val
+    rows ("test" rows are left for ``medattn predict``); without val rows, or without the
+    column, a seeded split of the training rows."""
+    parts = [s.split for s in samples]
+    if all(p is None for p in parts):
+        return (*_seeded_split(samples, val_fraction, seed), "seeded")
+    train = [s for s, p in zip(samples, parts) if p == "train"]
+    val = [s for s, p in zip(samples, parts) if p == "val"]
+    if val:
+        return train, val, "layout"
+    return (*_seeded_split(train, val_fraction, seed), "seeded")
 
 
 def _multilabel(root: Path, val_fraction, seed, num_classes) -> ImageData:
     if root.is_file():
         classes, samples = read_multilabel_csv(root)
-        train, val = _seeded_split(samples, val_fraction, seed)
-        source, data_root = "seeded", root.parent
+        train, val, source = _csv_split(samples, val_fraction, seed)
+        data_root = root.parent
     elif (root / "train.csv").is_file():
         classes, train = read_multilabel_csv(root / "train.csv")
         if (root / "val.csv").is_file():

@@ -285,6 +285,7 @@ def test_outputs_are_written_atomically(folders, tmp_path, monkeypatch):
         evaluate(pred_dir, gt_dir, out_dir=out)
     # the set is rendered before anything is written: nothing half of a run, no temporary
     assert not out.exists() or not list(out.iterdir())
+    monkeypatch.undo()
     evaluate(pred_dir, gt_dir, out_dir=out.parent / "whole")
     assert (out.parent / "whole" / "metrics.csv").read_text().count("\n") == 1 + 12
 
