@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["adopt_stored_settings", "check_run_folder", "field_default"]
+__all__ = ["adopt_stored_settings", "check_run_folder", "field_default", "read_run_checkpoint"]
 
 
 def check_run_folder(out: str | os.PathLike, run_files: Iterable[str], last: str, resume: bool,
@@ -72,3 +72,39 @@ def adopt_stored_settings(config, stored: dict, keys: Iterable[str], where: Path
         if given != stored[key] and given != normalise(field_default(type(config), key)):
             raise ValueError(f"--resume: {key} is {stored[key]!r} in {where}, but {given!r} was given")
         setattr(config, key, stored[key])
+
+
+def read_run_checkpoint(path: str | os.PathLike, checkpoint_format: str, version: int, what: str,
+                        empty_hint: str = "", map_location="cpu") -> dict:
+    """A trainer's checkpoint, read with ``weights_only`` loading and checked for its format.
+
+    Args:
+        path: the checkpoint file.
+        checkpoint_format: the value its ``format`` entry must have.
+        version: the newest ``format_version`` this medattn reads.
+        what: the kind of checkpoint, for messages ("MONAI", "image").
+        empty_hint: what to do about an empty file (appended to that message).
+        map_location: as for ``torch.load``.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file, for an empty, unreadable, foreign or newer checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the checkpoint is empty (0 bytes), e.g. from a save that was cut off{empty_hint}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "the file ends early (truncated?)"
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != checkpoint_format:
+        raise ValueError(f"{path}: not a medattn {what} checkpoint (no format {checkpoint_format!r})")
+    if checkpoint.get("format_version", 0) > version:
+        raise ValueError(f"{path}: checkpoint format version {checkpoint['format_version']} is newer than this "
+                         f"medattn understands ({version})")
+    return checkpoint

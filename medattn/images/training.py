@@ -59,7 +59,7 @@ from medattn.images import metrics as image_metrics
 from medattn.images.data import (TASKS, ImageDataset, build_transforms, channel_statistics, collate_with_full_masks,
                                  discover)
 from medattn.images.models import ModelConfig, build_model, load_pretrained
-from medattn.runs import adopt_stored_settings, check_run_folder
+from medattn.runs import adopt_stored_settings, check_run_folder, read_run_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "ImageTrainConfig", "ImageTrainer", "load_image_checkpoint", "read_image_checkpoint"]
 
@@ -240,20 +240,7 @@ def read_image_checkpoint(path) -> dict:
     Raises:
         FileNotFoundError, ValueError: naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the checkpoint is empty (0 bytes), e.g. from a save that was cut off")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).strip()[:200]})") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a medattn image checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {checkpoint['format_version']} is newer than this medattn's")
-    return checkpoint
+    return read_run_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "image")
 
 
 def is_image_checkpoint(path) -> bool:

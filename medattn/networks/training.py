@@ -62,7 +62,7 @@ from medattn.devices import resolve_device
 from medattn.networks import builders
 from medattn.networks.data import discover_dataset, intensity_mode, split_cases, verify_dataset
 from medattn.networks.transforms import TransformConfig, train_transforms, val_transforms
-from medattn.runs import adopt_stored_settings, check_run_folder
+from medattn.runs import adopt_stored_settings, check_run_folder, read_run_checkpoint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -238,24 +238,8 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         ValueError: if the file is not a readable medattn MONAI checkpoint, naming it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the checkpoint is empty (0 bytes), e.g. from a save that was cut off; resume "
-                         f"from {BEST if path.name == LAST else LAST} or train again")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "the file ends early (truncated?)"
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a medattn MONAI checkpoint (no format {CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format version {checkpoint['format_version']} is newer than this medattn "
-            f"understands ({CHECKPOINT_VERSION})"
-        )
-    return checkpoint
+    hint = f"; resume from {BEST if path.name == LAST else LAST} or train again"
+    return read_run_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "MONAI", hint, map_location)
 
 
 def network_from_config(config: dict) -> torch.nn.Module:
