@@ -257,41 +257,88 @@ def _run_dicom(args) -> int:
 _EPILOG_VINDR = """examples:
   medattn convert vindr-cxr --src vinbigdata-chest-xray-abnormalities-detection --out vindr_png -j 2
   medattn convert vindr-cxr --src physionet.org/files/vindr-cxr/1.0.0 --out vindr_png --label-policy majority
+  medattn convert vindr-cxr --src kaggle --out vindr_512 --resize 512 --boxes wbf --yolo \\
+      --split stratified-kfold --folds 5 --nnunet-dataset-id 620 --seg-findings "Cardiomegaly,Pleural effusion"
+  medattn convert vindr-cxr --src kaggle --out vindr_sna --split-file teKeys.txt --split-file teKeys_normal.txt
   medattn train image --task multilabel --data vindr_png/labels.csv --preset sna_resnet18 --out runs/cxr
 
-writes images/{train,test}/{image_id}.png, labels.csv (No finding + Kaggle classes 0-13 as 0/1
-columns), annotations/instances_{train,test}.json (COCO) and manifest.csv (how each image was
-converted, and the error of each file that could not be). A rerun skips finished images."""
+writes under --out:
+  images/{train,test}/{image_id}.png   by the DICOM's folder
+  labels.csv                           image_id, split (train/val/test), path, No finding + Kaggle 0-13 (0/1)
+  annotations/instances_{split}.json   COCO, categories 0-13, [x, y, w, h] in output pixels
+  annotations/box_issues.csv           clipped-to-nothing, inverted and same-reader duplicate boxes
+  splits.json                          the split and the reader/box policy
+  manifest.csv                         per image: transfer syntax, bits, VOI, spacing, lossy, size, scale, pad, error
+  yolo/{split}/{image_id}.txt          with --yolo
+  nnUNet_raw/DatasetXXX_VinDrCXR/      with --nnunet-dataset-id (2D box masks; later --seg-findings win overlaps)
+A rerun (or a run after a kill) skips finished images; --overwrite redoes them. Map predicted
+boxes back to DICOM pixels with medattn.preprocess.vindr_cxr.to_original(boxes, image_id, manifest)."""
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _add_vindr_cxr(inner) -> None:
     parser = inner.add_parser(
         "vindr-cxr",
-        help="VinDr-CXR (Kaggle or PhysioNet layout) -> PNGs, multi-label CSV, COCO boxes",
+        help="VinDr-CXR (Kaggle or PhysioNet layout) -> PNGs, multi-label CSV, COCO/YOLO boxes, nnU-Net masks",
         description="Convert the VinDr-CXR chest radiographs: DICOM decoded with pydicom 3, Modality LUT, VOI\n"
         "(LUT, else the first window, else the full range), MONOCHROME1 inverted within the output range;\n"
-        "per-reader findings turned into image labels by --label-policy; every reader's boxes in COCO.",
+        "per-reader findings turned into image labels by --label-policy; boxes raw per reader or fused.",
         epilog=_EPILOG_VINDR,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--src", required=True, help="the download: train.csv + train/ (Kaggle) or annotations/ + "
                         "train/ (PhysioNet)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--label-policy", choices=("any", "majority", "all"), default="any",
-                        help="a finding counts when any reader (default, the SNA paper's union), a majority or all "
-                        "readers named it; No finding = 1 only when none survives")
-    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=8, help="PNG depth (default 8)")
+    pixels = parser.add_argument_group("pixels")
+    pixels.add_argument("--output-bits", type=int, choices=(8, 16), default=8, help="PNG depth (default 8)")
+    pixels.add_argument("--resize", type=_positive_int, metavar="N", help="output side N x N (default: original size)")
+    pixels.add_argument("--resize-mode", choices=("letterbox", "square"), default="letterbox",
+                        help="letterbox: keep the aspect, pad centred (default); square: stretch each axis")
+    readers = parser.add_argument_group("readers and boxes")
+    readers.add_argument("--label-policy", choices=("any", "majority", "all"), default="any",
+                         help="a finding counts when any reader (default, the SNA paper's union), a majority or all "
+                         "readers named it; No finding = 1 only when none survives")
+    readers.add_argument("--boxes", choices=("raw", "wbf"), default="raw",
+                         help="raw: every reader's boxes with rad_id (default); wbf: weighted boxes fusion, readers "
+                         "as separate models, with each box's reader agreement")
+    readers.add_argument("--wbf-iou", type=float, default=0.4, help="WBF clustering IoU (default 0.4)")
+    readers.add_argument("--exclude-readers", type=_comma_list, default=(), metavar="R8,R9",
+                         help="reader ids left out of labels and boxes")
+    splits = parser.add_argument_group("splits")
+    splits.add_argument("--split", choices=("kaggle", "stratified-kfold"), default="kaggle",
+                        help="kaggle: the train/ and test/ folders (default); stratified-kfold: also multi-label "
+                        "stratified folds of the training images, fold --val-fold as labels.csv's val")
+    splits.add_argument("--folds", type=_positive_int, default=5, help="folds of stratified-kfold (default 5)")
+    splits.add_argument("--val-fold", type=int, default=0, help="the fold written as val (default 0)")
+    splits.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
+    splits.add_argument("--split-file", action="append", default=[], metavar="FILE",
+                        help="image ids (one per line) forming the test set instead of test/; repeatable (the SNA "
+                        "paper's teKeys.txt and teKeys_normal.txt)")
+    targets = parser.add_argument_group("more targets")
+    targets.add_argument("--yolo", action="store_true", help="also write yolo/{split}/{image_id}.txt")
+    targets.add_argument("--nnunet-dataset-id", type=int, metavar="N", help="also write a 2D nnU-Net dataset of box "
+                         "masks as nnUNet_raw/DatasetN_VinDrCXR (needs --seg-findings)")
+    targets.add_argument("--seg-findings", type=_comma_list,
+                         default=(), metavar="NAMES", help='findings to segment, e.g. "Cardiomegaly,Pleural effusion"')
     parser.add_argument("--overwrite", action="store_true", help="convert images whose PNG exists already")
     parser.add_argument("-j", "--jobs", type=_positive_int, default=2, help="images converted at once (default 2)")
     parser.set_defaults(handler=_run_vindr_cxr)
 
 
 def _run_vindr_cxr(args) -> int:
-    from medattn.preprocess.vindr_cxr import convert_vindr_cxr
+    from medattn.preprocess.vindr_cxr import ConvertOptions, convert_vindr_cxr
 
     try:
-        report = convert_vindr_cxr(args.src, args.out, jobs=args.jobs, label_policy=args.label_policy,
-                                   output_bits=args.output_bits, overwrite=args.overwrite)
+        options = ConvertOptions(
+            jobs=args.jobs, label_policy=args.label_policy, output_bits=args.output_bits, resize=args.resize,
+            resize_mode=args.resize_mode, boxes=args.boxes, wbf_iou=args.wbf_iou, exclude_readers=args.exclude_readers,
+            split=args.split, folds=args.folds, val_fold=args.val_fold, seed=args.seed,
+            split_files=tuple(args.split_file), yolo=args.yolo, nnunet_dataset_id=args.nnunet_dataset_id,
+            seg_findings=args.seg_findings, overwrite=args.overwrite)
+        report = convert_vindr_cxr(args.src, args.out, options)
     except (ValueError, OSError) as err:
         return _fail(str(err))
     print(report.summary())

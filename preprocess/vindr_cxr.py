@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from medattn.preprocess.common import ConversionError
+from medattn.preprocess.vindr_boxes import to_original  # maps predicted boxes back: part of this API
 
-__all__ = ["DECODER_PACKAGES", "DecoderMissingError", "PixelRecord", "RadiographError", "read_radiograph"]
+__all__ = ["DECODER_PACKAGES", "ConvertOptions", "DecoderMissingError", "PixelRecord", "RadiographError",
+           "convert_vindr_cxr", "image_labels", "read_annotations", "read_radiograph", "to_original"]
 
 #: Transfer syntax UID -> the package that decodes it (for the missing-decoder message).
 DECODER_PACKAGES = {
@@ -279,13 +281,20 @@ def safe_name(name: str) -> str:
 
 @dataclass
 class Annotations:
-    """Everything read from a VinDr-CXR download, before any pixel is touched."""
+    """Everything read from a VinDr-CXR download, before any pixel is touched.
+
+    ``findings`` give the image labels: from PhysioNet's ``image_labels_*.csv`` when present
+    (``label_source`` says which), else from the box files' class names. ``box_readers`` are
+    the readers of each image in the box files (the denominator of a fused box's agreement).
+    """
 
     layout: str  # "kaggle" or "physionet"
-    images: dict[str, tuple[str, Path]]  # image_id -> (split, DICOM path)
+    images: dict[str, tuple[str, Path]]  # image_id -> (split folder, DICOM path)
     findings: dict[str, dict[str, set[str]]]  # image_id -> reader -> canonical class names
+    box_readers: dict[str, set[str]]
     boxes: list[dict]  # image_id, rad_id, class, x_min, y_min, x_max, y_max (original pixels)
     notes: list[str]
+    label_source: str = "box files"
 
 
 def detect_layout(src: Path) -> str:
@@ -322,8 +331,12 @@ def _read_csv(path: Path, required: tuple[str, ...]):
     return table
 
 
-def read_annotations(src: str | os.PathLike) -> Annotations:
+def read_annotations(src: str | os.PathLike, exclude_readers=()) -> Annotations:
     """The images, per-reader findings and boxes of either layout (validated, counts reported).
+
+    Args:
+        src: the download.
+        exclude_readers: reader ids (e.g. ``R8``) whose findings and boxes are left out.
 
     Raises:
         ConversionError: naming the file for unknown layouts, missing columns, unknown
@@ -336,8 +349,9 @@ def read_annotations(src: str | os.PathLike) -> Annotations:
     box_files = [src / "train.csv"] if layout == "kaggle" else [
         src / "annotations" / f"annotations_{split}.csv" for split in ("train", "test")
         if (src / "annotations" / f"annotations_{split}.csv").is_file()]
+    excluded = {str(r) for r in exclude_readers}
     findings: dict[str, dict[str, set[str]]] = {}
-    boxes, notes = [], []
+    boxes, notes, dropped = [], [], 0
     for path in box_files:
         table = _read_csv(path, ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"))
         for line, row in enumerate(table.itertuples(index=False), start=2):
@@ -348,27 +362,78 @@ def read_annotations(src: str | os.PathLike) -> Annotations:
                 raise ConversionError(f"{where}: class_id {row.class_id} does not match {name!r}")
             if row.image_id not in images:
                 raise ConversionError(f"{where}: no DICOM file for image {row.image_id} in {src}/train or test")
-            findings.setdefault(row.image_id, {}).setdefault(str(row.rad_id), set()).add(name)
             coordinates = [row.x_min, row.y_min, row.x_max, row.y_max]
             has_box = not any(v != v for v in coordinates)  # NaN marks a box-free row
             if name == NO_FINDING and has_box:
                 raise ConversionError(f"{where}: a 'No finding' row with a box")
+            if str(row.rad_id) in excluded:
+                dropped += 1
+                continue
+            findings.setdefault(row.image_id, {}).setdefault(str(row.rad_id), set()).add(name)
             if has_box:
                 boxes.append({"image_id": row.image_id, "rad_id": str(row.rad_id), "class": name,
                               "x_min": float(row.x_min), "y_min": float(row.y_min), "x_max": float(row.x_max),
                               "y_max": float(row.y_max)})
-    readers = [len(by_reader) for by_reader in findings.values()]
+    if excluded:
+        notes.append(f"--exclude-readers {','.join(sorted(excluded))}: {dropped} annotation row(s) left out")
+    box_readers = {image_id: set(by_reader) for image_id, by_reader in findings.items()}
+    annotations = Annotations(layout, images, findings, box_readers, boxes, notes)
+    if layout == "physionet":
+        _use_image_labels(src, annotations, excluded)
+    readers = [len(by_reader) for by_reader in annotations.findings.values()]
     if readers:
         counts = {n: readers.count(n) for n in sorted(set(readers))}
-        notes.append("readers per annotated image: " + ", ".join(f"{n}: {c} image(s)" for n, c in counts.items()))
+        notes.append("readers per labelled image: " + ", ".join(f"{n}: {c} image(s)" for n, c in counts.items()))
     extras = {}
-    for by_reader in findings.values():
-        for name in set().union(*by_reader.values()) & set(PHYSIONET_ONLY):
+    for by_reader in annotations.findings.values():
+        for name in set().union(*by_reader.values()) & set(PHYSIONET_ONLY + PHYSIONET_GLOBAL[:-1]):
             extras[name] = extras.get(name, 0) + 1
     if extras:
-        notes.append("PhysioNet-only findings, kept in the COCO files' notes but not in labels.csv's 15 columns: "
+        notes.append("PhysioNet labels outside labels.csv's 15 columns (kept in this note, not dropped silently): "
                      + ", ".join(f"{k} ({v} image(s))" for k, v in sorted(extras.items())))
-    return Annotations(layout, images, findings, boxes, notes)
+    return annotations
+
+
+#: Spellings of PhysioNet's reader column in image_labels_*.csv.
+_READER_COLUMNS = ("rad_id", "rad_ID", "radiologist_id")
+
+
+def _use_image_labels(src: Path, annotations: Annotations, excluded: set[str]) -> None:
+    """Replace the box files' findings by PhysioNet's image_labels_{train,test}.csv where present.
+
+    The train file has one row per reader; the test file, the consensus (reader ``consensus``).
+    """
+    found = []
+    for split in ("train", "test"):
+        path = src / "annotations" / f"image_labels_{split}.csv"
+        if not path.is_file():
+            continue
+        found.append(path.name)
+        table = _read_csv(path, ("image_id",)).rename(columns={"Other disease": "Other diseases"})
+        reader_column = next((c for c in _READER_COLUMNS if c in table.columns), None)
+        classes = {column: canonical_class(column, f"{path}, header")
+                   for column in table.columns if column not in ("image_id", reader_column)}
+        by_image: dict[str, dict[str, set[str]]] = {}
+        for line, row in enumerate(table.to_dict("records"), start=2):
+            image_id = row["image_id"]
+            if image_id not in annotations.images:
+                raise ConversionError(f"{path}, line {line}: no DICOM file for image {image_id}")
+            reader = str(row[reader_column]) if reader_column else "consensus"
+            if reader in excluded:
+                continue
+            chosen = set()
+            for column, name in classes.items():
+                value = row[column]
+                if value not in (0, 1, 0.0, 1.0):
+                    raise ConversionError(f"{path}, line {line}: column {column!r} holds {value!r}; 0 or 1 expected")
+                if value == 1 and name != NO_FINDING:
+                    chosen.add(name)
+            by_image.setdefault(image_id, {}).setdefault(reader, set()).update(chosen)
+        for image_id, by_reader in by_image.items():
+            annotations.findings[image_id] = by_reader
+    if found:
+        annotations.label_source = " + ".join(found)
+        annotations.notes.append(f"image labels from {annotations.label_source} (boxes from the annotation files)")
 
 
 def image_labels(by_reader: dict[str, set[str]], policy: str = "any") -> dict[str, int]:
@@ -390,7 +455,73 @@ def image_labels(by_reader: dict[str, set[str]], policy: str = "any") -> dict[st
 
 # ----------------------------------------------------------------------------- the conversion run
 
-MANIFEST_COLUMNS = ("image_id", "split", "path", *PixelRecord.__dataclass_fields__, "error")
+
+@dataclass
+class ConvertOptions:
+    """The choices of one ``medattn convert vindr-cxr`` run (its options, by the same names).
+
+    Attributes:
+        jobs: images converted at once (threads: the decoders release the GIL).
+        label_policy: ``any``, ``majority`` or ``all`` (:func:`image_labels`).
+        output_bits: PNG depth, 8 or 16.
+        resize: output side in pixels; None keeps the original pixels.
+        resize_mode: ``letterbox`` or ``square`` (:func:`~medattn.preprocess.vindr_boxes.plan_resize`).
+        boxes: ``raw`` (every reader's boxes, with ``rad_id``) or ``wbf`` (fused, with agreement).
+        wbf_iou: WBF's clustering IoU.
+        exclude_readers: reader ids left out of labels and boxes.
+        split, folds, val_fold, seed, split_files: :func:`~medattn.preprocess.vindr_targets.assign_splits`.
+        yolo: also write YOLO label files.
+        nnunet_dataset_id, seg_findings: also write a 2D nnU-Net dataset of these findings' box masks.
+        overwrite: convert images again even when their PNG and manifest row exist.
+        progress: show a progress bar.
+    """
+
+    jobs: int = 2
+    label_policy: str = "any"
+    output_bits: int = 8
+    resize: int | None = None
+    resize_mode: str = "letterbox"
+    boxes: str = "raw"
+    wbf_iou: float = 0.4
+    exclude_readers: tuple[str, ...] = ()
+    split: str = "kaggle"
+    folds: int = 5
+    val_fold: int = 0
+    seed: int = 0
+    split_files: tuple[str, ...] = ()
+    yolo: bool = False
+    nnunet_dataset_id: int | None = None
+    seg_findings: tuple[str, ...] = ()
+    overwrite: bool = False
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first bad value (before any file is read)."""
+        from medattn.preprocess.vindr_boxes import BOX_MODES, RESIZE_MODES
+        from medattn.preprocess.vindr_targets import SPLITS
+
+        choices = {"label_policy": LABEL_POLICIES, "boxes": BOX_MODES, "resize_mode": RESIZE_MODES,
+                   "split": SPLITS, "output_bits": (8, 16)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.wbf_iou < 1.0:
+            raise ValueError(f"--wbf-iou must be between 0 and 1, got {self.wbf_iou}")
+        if (self.nnunet_dataset_id is None) != (not self.seg_findings):
+            raise ValueError("--nnunet-dataset-id and --seg-findings go together")
+        for name in self.seg_findings:
+            if canonical_class(name, "--seg-findings") not in KAGGLE_CLASSES:
+                raise ValueError(f"--seg-findings: {name!r} has no boxes; choose among {list(KAGGLE_CLASSES)}")
+
+    @property
+    def resize_text(self) -> str:
+        return "none" if self.resize is None else f"{self.resize_mode} {self.resize}"
+
+
+MANIFEST_COLUMNS = ("image_id", "split", "path", *PixelRecord.__dataclass_fields__, "resize", "out_width",
+                    "out_height", "scale_x", "scale_y", "pad_x", "pad_y", "error")
+#: Rows of images finished by a run still going (or killed): what a resumed run skips.
+JOURNAL = "manifest.inprogress.jsonl"
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
@@ -402,111 +533,220 @@ def _write_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def _previous_manifest(out: Path) -> dict[str, dict]:
+def _finished_rows(out: Path) -> dict[str, dict]:
+    """Rows of images converted by earlier runs: manifest.csv, then a killed run's journal."""
     import csv
+    import json
 
-    path = out / "manifest.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        return {row["image_id"]: row for row in csv.DictReader(handle) if not row.get("error")}
+    rows = {}
+    if (out / "manifest.csv").is_file():
+        with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+            rows = {row["image_id"]: row for row in csv.DictReader(handle) if not row.get("error")}
+    if (out / JOURNAL).is_file():
+        for line in (out / JOURNAL).read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the line a kill cut off
+                continue
+            rows[row["image_id"]] = {k: "" if v is None else str(v) for k, v in row.items()}
+    return rows
 
 
-def convert_vindr_cxr(src: str | os.PathLike, out: str | os.PathLike, *, jobs: int = 2, label_policy: str = "any",
-                      output_bits: int = 8, overwrite: bool = False, progress: bool = True):
+class _Journal:
+    """Appends each finished image's manifest row as one JSON line (thread-safe)."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path, self.lock = path, threading.Lock()
+
+    def add(self, row: dict) -> None:
+        import json
+
+        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def convert_vindr_cxr(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions | None = None,
+                      **choices):
     """Convert a VinDr-CXR download (either layout) under ``out``.
 
-    Writes ``images/{split}/{image_id}.png``; ``labels.csv`` (``image_id``, ``split``,
-    ``path`` relative to ``out``, then "No finding" and Kaggle 0..13 as 0/1 columns, for
-    the labelled images; ``medattn train image --task multilabel`` reads it);
-    ``annotations/instances_{split}.json`` (COCO: categories 0..13 by Kaggle id, every
-    reader's boxes as ``[x, y, w, h]`` in output pixels, ``rad_id`` kept); ``manifest.csv``
-    (one row per image: the :class:`PixelRecord` and the error, if any).
+    Writes, under ``out``:
 
-    Images whose PNG and manifest row exist are skipped unless ``overwrite``; every file is
-    written atomically. A file that cannot be converted is recorded and the run goes on.
+    * ``images/{train,test}/{image_id}.png`` (by the DICOM's folder);
+    * ``labels.csv``: ``image_id``, ``split`` (``train``/``val``/``test``), ``path`` (relative
+      to ``out``), then "No finding" and Kaggle 0..13 as 0/1 columns, for the labelled
+      images; ``medattn train image --task multilabel`` reads it as it is;
+    * ``annotations/instances_{split}.json``: COCO, categories 0..13 by Kaggle id, boxes as
+      ``[x, y, w, h]`` in output pixels (raw with ``rad_id``, or fused with ``agreement``);
+      ``annotations/box_issues.csv``: every flagged box;
+    * ``yolo/{split}/{image_id}.txt`` with ``yolo``; ``nnUNet_raw/DatasetXXX_VinDrCXR`` with
+      ``nnunet_dataset_id``;
+    * ``splits.json`` and ``manifest.csv`` (one row per image: :class:`PixelRecord`, the
+      resize geometry, the error if any).
+
+    Images whose PNG and manifest row exist with the same pixel options are skipped unless
+    ``overwrite``; each finished image is journalled at once, so a killed run resumes where
+    it stopped. Every file is written atomically. A file that cannot be converted is
+    recorded and the run goes on.
+
+    Args:
+        src: the download (Kaggle or PhysioNet layout, detected).
+        out: the output folder.
+        options: a :class:`ConvertOptions`; or its fields as keywords.
 
     Returns:
         A :class:`medattn.preprocess.common.ConversionReport`.
 
     Raises:
         ConversionError: for an unknown layout or bad annotations (before any pixel).
+        ValueError: for a bad option.
     """
     from medattn.data.io import check_output_folder, remove_stale_temporaries
     from medattn.preprocess.common import ConversionReport, map_cases, warn
+    from medattn.preprocess.vindr_boxes import plan_resize, resize_image
+    from medattn.preprocess.vindr_targets import read_split_files
 
+    options = options or ConvertOptions(**choices)
+    options.check()
     src, out = Path(src), check_output_folder(out, "--out")
-    annotations = read_annotations(src)
+    annotations = read_annotations(src, options.exclude_readers)
+    test_ids = read_split_files(options.split_files, set(annotations.images)) if options.split_files else None
     report = ConversionReport(out)
     for note in annotations.notes:
         warn(note, report)
-    previous = {} if overwrite else _previous_manifest(out)
-    for split in ("train", "test"):
-        remove_stale_temporaries(out / "images" / split)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = {} if options.overwrite else _finished_rows(out)
+    for folder in (out, out / "images" / "train", out / "images" / "test"):
+        remove_stale_temporaries(folder)
+    journal = _Journal(out / JOURNAL)
 
     def convert_one(item):
-        image_id, (split, path) = item
-        target = out / "images" / split / f"{image_id}.png"
-        if image_id in previous and target.is_file():
-            return previous[image_id]
-        array, record = read_radiograph(path, output_bits)
-        _write_png(array, target)
-        return {"image_id": image_id, "split": split, "path": target.relative_to(out).as_posix(),
-                **record.to_dict(), "error": ""}
+        image_id, (folder, path) = item
+        target = out / "images" / folder / f"{image_id}.png"
+        old = previous.get(image_id)
+        if old and target.is_file() and old.get("resize") == options.resize_text and old.get(
+                "output_bits") == str(options.output_bits):
+            return old
+        array, record = read_radiograph(path, options.output_bits)
+        geometry = plan_resize(record.width, record.height, options.resize, options.resize_mode)
+        _write_png(resize_image(array, geometry), target)
+        row = {"image_id": image_id, "split": folder, "path": target.relative_to(out).as_posix(),
+               **record.to_dict(), "resize": options.resize_text, **geometry.record(), "error": ""}
+        journal.add(row)
+        return {k: str(v) for k, v in row.items()}
 
-    done, failures = map_cases(convert_one, {i: (i, v) for i, v in annotations.images.items()}, jobs=jobs,
+    done, failures = map_cases(convert_one, {i: (i, v) for i, v in annotations.images.items()}, jobs=options.jobs,
                                desc="radiographs")
     rows = list(done.values()) + [{"image_id": f.case, "split": annotations.images[f.case][0], "path": "",
                                     "source": str(annotations.images[f.case][1]), "error": f.message}
                                    for f in failures]
     report.converted = sorted(done)
     report.failed = failures
-    _write_outputs(out, annotations, sorted(rows, key=lambda r: r["image_id"]), done, label_policy)
+    for note in _write_targets(out, annotations, done, options, test_ids):
+        warn(note, report)
+    _write_manifest(out, sorted(rows, key=lambda r: r["image_id"]))
     return report
 
 
-def _write_outputs(out: Path, annotations: Annotations, manifest: list[dict], done: dict, policy: str) -> None:
+def _csv_text(columns, rows) -> str:
     import csv
     import io
 
-    from medattn.data.io import write_json_atomic, write_text_atomic
-
-    def table(columns, rows) -> str:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return buffer.getvalue()
-
-    write_text_atomic(out / "manifest.csv", table(MANIFEST_COLUMNS, manifest))
-    labelled = [image_id for image_id in sorted(done) if image_id in annotations.findings]
-    rows = [{"image_id": i, "split": done[i]["split"], "path": done[i]["path"],
-             **image_labels(annotations.findings[i], policy)} for i in labelled]
-    write_text_atomic(out / "labels.csv", table(("image_id", "split", "path", *LABEL_COLUMNS), rows))
-    for split in ("train", "test"):
-        ids = [i for i in sorted(done) if done[i]["split"] == split]
-        if ids:
-            write_json_atomic(out / "annotations" / f"instances_{split}.json", _coco(ids, done, annotations, policy))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
-def _coco(ids: list[str], done: dict, annotations: Annotations, policy: str) -> dict:
+def _write_manifest(out: Path, rows: list[dict]) -> None:
+    from medattn.data.io import write_text_atomic
+
+    write_text_atomic(out / "manifest.csv", _csv_text(MANIFEST_COLUMNS, rows))
+    (out / JOURNAL).unlink(missing_ok=True)  # the manifest now holds every finished row
+
+
+def _output_boxes(annotations: Annotations, done: dict, options: ConvertOptions) -> tuple[dict, list[dict]]:
+    """image_id -> boxes in output pixels (COCO dicts without ids), and the flagged boxes."""
+    from medattn.preprocess.vindr_boxes import ResizeGeometry, clean_boxes, fuse_boxes
+
+    sizes = {i: (int(row["width"]), int(row["height"])) for i, row in done.items()}
+    kept, issues = clean_boxes([b for b in annotations.boxes if b["class"] in KAGGLE_CLASSES], sizes)
+    by_image: dict[str, list[dict]] = {}
+    for box in kept:
+        by_image.setdefault(box["image_id"], []).append(box)
+    if options.boxes == "wbf":
+        by_image = {i: fuse_boxes(boxes, sorted(annotations.box_readers[i]), *sizes[i], iou_thr=options.wbf_iou)
+                    for i, boxes in by_image.items()}
+    result = {}
+    for image_id, boxes in by_image.items():
+        row = done[image_id]
+        geometry = ResizeGeometry(*sizes[image_id], int(row["out_width"]), int(row["out_height"]),
+                                  float(row["scale_x"]), float(row["scale_y"]), int(row["pad_x"]), int(row["pad_y"]))
+        corners = geometry.forward([[b["x_min"], b["y_min"], b["x_max"], b["y_max"]] for b in boxes])
+        result[image_id] = []
+        for box, (x0, y0, x1, y1) in zip(boxes, corners.tolist()):
+            extra = ({"rad_id": box["rad_id"]} if options.boxes == "raw" else
+                     {"score": box["score"], "agreement": box["agreement"], "readers": box["readers"]})
+            result[image_id].append({"category_id": KAGGLE_CLASSES.index(box["class"]),
+                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                                     "iscrowd": 0, **extra})
+    return result, issues
+
+
+def _write_targets(out: Path, annotations: Annotations, done: dict, options: ConvertOptions, test_ids) -> list[str]:
+    """Every output but the PNGs and the manifest; returns notes for the report."""
+    from medattn.data.io import json_text, write_json_atomic, write_set_atomic, write_text_atomic
+    from medattn.preprocess.vindr_targets import assign_splits, write_nnunet_dataset, yolo_lines
+
+    labelled = sorted(i for i in done if i in annotations.findings and annotations.findings[i])
+    labels = {i: image_labels(annotations.findings[i], options.label_policy) for i in labelled}
+    roles, split_record = assign_splits({i: done[i]["split"] for i in done}, {i: list(v.values()) for i, v in
+                                        labels.items()}, split=options.split, folds=options.folds,
+                                        val_fold=options.val_fold, seed=options.seed, test_ids=test_ids)
+    boxes, issues = _output_boxes(annotations, done, options)
+    write_text_atomic(out / "labels.csv", _csv_text(("image_id", "split", "path", *LABEL_COLUMNS), [
+        {"image_id": i, "split": roles[i], "path": done[i]["path"], **labels[i]} for i in labelled]))
+    policy = {"label_policy": options.label_policy, "label_source": annotations.label_source,
+              "boxes": options.boxes, "wbf_iou": options.wbf_iou if options.boxes == "wbf" else None,
+              "exclude_readers": list(options.exclude_readers), "resize": options.resize_text}
+    write_json_atomic(out / "splits.json", {**split_record, "policy": policy})
+    coco = {f"instances_{role}.json": json_text(_coco([i for i in sorted(done) if roles[i] == role], done, boxes,
+                                                      annotations, policy))
+            for role in ("train", "val", "test") if any(r == role for r in roles.values())}
+    issue_columns = ("image_id", "rad_id", "class", "issue", "kept", "x_min", "y_min", "x_max", "y_max")
+    coco["box_issues.csv"] = _csv_text(issue_columns, issues)
+    write_set_atomic(out / "annotations", coco, stale=[f"instances_{r}.json" for r in ("train", "val", "test")])
+    notes = [f"{len(issues)} box(es) flagged (clipped-to-nothing, inverted or same-reader duplicates): "
+             f"see annotations/box_issues.csv"] if issues else []
+    if options.yolo:
+        for role in ("train", "val", "test"):
+            files = {f"{i}.txt": yolo_lines([(b["category_id"], b["bbox"]) for b in boxes.get(i, [])],
+                                            int(done[i]["out_width"]), int(done[i]["out_height"]))
+                     for i in sorted(done) if roles[i] == role}
+            folder = out / "yolo" / role
+            stale = [p.name for p in folder.glob("*.txt")] if folder.is_dir() else []
+            if files or stale:
+                write_set_atomic(folder, files, stale=stale)
+        write_text_atomic(out / "yolo" / "classes.txt", "".join(f"{name}\n" for name in KAGGLE_CLASSES))
+    if options.nnunet_dataset_id is not None:
+        findings = [canonical_class(name, "--seg-findings") for name in options.seg_findings]
+        masks = {i: [(KAGGLE_CLASSES[b["category_id"]], b["bbox"]) for b in found] for i, found in boxes.items()}
+        folder = write_nnunet_dataset(out / "nnUNet_raw", options.nnunet_dataset_id, findings,
+                                      {i: {**done[i], "role": roles[i]} for i in done}, masks, set(labelled))
+        notes.append(f"nnU-Net dataset written: {folder}")
+    return notes
+
+
+def _coco(ids: list[str], done: dict, boxes: dict, annotations: Annotations, policy: dict) -> dict:
     number = {image_id: index + 1 for index, image_id in enumerate(ids)}
-    images = [{"id": number[i], "file_name": done[i]["path"], "width": int(done[i]["width"]),
-               "height": int(done[i]["height"]), "image_id": i} for i in ids]
-    boxes, flagged = [], 0
-    for box in annotations.boxes:
-        if box["image_id"] not in number or box["class"] not in KAGGLE_CLASSES:
-            continue
-        width, height = int(done[box["image_id"]]["width"]), int(done[box["image_id"]]["height"])
-        x0, x1 = sorted((min(max(box["x_min"], 0.0), width), min(max(box["x_max"], 0.0), width)))
-        y0, y1 = sorted((min(max(box["y_min"], 0.0), height), min(max(box["y_max"], 0.0), height)))
-        if x1 - x0 <= 0 or y1 - y0 <= 0:
-            flagged += 1
-            continue
-        boxes.append({"id": len(boxes) + 1, "image_id": number[box["image_id"]],
-                      "category_id": KAGGLE_CLASSES.index(box["class"]), "bbox": [x0, y0, x1 - x0, y1 - y0],
-                      "area": (x1 - x0) * (y1 - y0), "iscrowd": 0, "rad_id": box["rad_id"]})
-    return {"info": {"description": "VinDr-CXR, converted by medattn", "label_policy": policy,
-                     "zero_area_boxes_dropped": flagged, "notes": annotations.notes},
-            "images": images, "annotations": boxes,
+    images = [{"id": number[i], "file_name": done[i]["path"], "width": int(done[i]["out_width"]),
+               "height": int(done[i]["out_height"]), "image_id": i} for i in ids]
+    found = [{"id": 0, "image_id": number[i], **box} for i in ids for box in boxes.get(i, [])]
+    for index, box in enumerate(found, start=1):
+        box["id"] = index
+    return {"info": {"description": "VinDr-CXR, converted by medattn", **policy, "notes": annotations.notes},
+            "images": images, "annotations": found,
             "categories": [{"id": index, "name": name} for index, name in enumerate(KAGGLE_CLASSES)]}
+
