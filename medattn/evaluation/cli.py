@@ -59,9 +59,9 @@ def register(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted label images")
-    parser.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth label images")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the metrics and reports")
+    parser.add_argument("--pred", metavar="DIR", help="folder of predicted label images")
+    parser.add_argument("--gt", metavar="DIR", help="folder of ground-truth label images")
+    parser.add_argument("--out", metavar="DIR", help="folder for the metrics and reports")
     parser.add_argument(
         "--labels",
         metavar="MAP",
@@ -99,12 +99,17 @@ def register(subparsers) -> None:
         help="score a missing prediction as an empty mask instead of failing",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(handler=run, interrupt_hint="nothing was written (--out is replaced only as a complete set "
+    kinds = parser.add_subparsers(dest="evaluate_kind", metavar="KIND", required=False)
+    _add_detection(kinds)
+    parser.set_defaults(handler=run, evaluate_parser=parser, interrupt_hint="nothing was written (--out is replaced only as a complete set "
                         "of outputs); run the same command again")
 
 
 def run(args) -> int:
     """Handler of ``medattn evaluate``; returns the exit code (1 on bad input)."""
+    missing = [option for option in ("pred", "gt", "out") if getattr(args, option) is None]
+    if missing:  # required here, not in argparse, so that `evaluate detection` needs none of them
+        args.evaluate_parser.error("the following arguments are required: " + ", ".join(f"--{m}" for m in missing))
     from medattn.evaluation.api import evaluate_folders
     from medattn.evaluation.report import set_names
 
@@ -141,6 +146,83 @@ def run(args) -> int:
     print(_console_table(result, set_names(result.summary)))
     for path in result.written.values():
         print(f"wrote {path}")
+    return 0
+
+
+DETECTION_EXAMPLES = """\
+examples:
+  # the SNA paper's detection task: VOC AP at IoU 0.4 and the SNA code's hit rate
+  medattn evaluate detection --pred results.json --gt vindr/annotations/instances_test.json
+
+  # Kaggle's 15-class convention ("No finding" as a 1 x 1 box), COCO's 101-point AP, a report folder
+  medattn evaluate detection --pred results.json --gt instances_test.json --no-finding \\
+      --interpolation coco101 --out eval/det
+
+--pred is a COCO results list: [{"image_id": 3 or "<VinDr image id>", "category_id": 8,
+"bbox": [x, y, w, h], "score": 0.9}, ...] in the ground truth's pixels. --out gets
+detection.csv (one row per class) and summary.json.
+"""
+
+
+def _add_detection(kinds) -> None:
+    parser = kinds.add_parser(
+        "detection",
+        help="box detection: VOC AP at an IoU and the SNA code's hit rate",
+        description=textwrap.fill(
+            "Score COCO-format box predictions against a COCO ground truth (annotations/instances_test.json "
+            "of medattn convert vindr-cxr): per-class and mean average precision at IoU > 0.4, the "
+            "competition's PASCAL VOC metric, and the SNA code's per-class hit rate at IoU > 0.4 (a "
+            "ground-truth box hit by any same-class detection: a recall, reported as such).", width=80),
+        epilog=DETECTION_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--pred", required=True, metavar="FILE", help="COCO results JSON (a list of detections)")
+    parser.add_argument("--gt", required=True, metavar="FILE", help="COCO ground truth JSON")
+    parser.add_argument("--out", metavar="DIR", help="also write detection.csv and summary.json here")
+    parser.add_argument("--iou", type=float, default=0.4, help="IoU a match must exceed (default 0.4)")
+    parser.add_argument("--interpolation", choices=("voc", "coco101"), default="voc",
+                        help="AP over all recall points (VOC 2010+, default) or 101 points (COCO)")
+    parser.add_argument("--no-finding", action="store_true",
+                        help='add Kaggle\'s class 14 "No finding": a [0, 0, 1, 1] box on each image without boxes')
+    parser.add_argument("--score-threshold", type=float, default=0.05,
+                        help="hit rate: detections scoring below are dropped (torchvision's default 0.05)")
+    parser.add_argument("--max-detections", type=int, default=100,
+                        help="hit rate: the top N detections per image count (default 100)")
+    parser.set_defaults(handler=run_detection)
+
+
+def run_detection(args) -> int:
+    """Handler of ``medattn evaluate detection``."""
+    from medattn.data.io import json_text, write_set_atomic
+    from medattn.evaluation.detection import evaluate_detection
+
+    try:
+        report = evaluate_detection(args.pred, args.gt, iou_threshold=args.iou, interpolation=args.interpolation,
+                                    no_finding=args.no_finding, score_threshold=args.score_threshold,
+                                    max_detections=args.max_detections)
+    except (ValueError, OSError) as err:
+        print(f"medattn evaluate detection: error: {err}", file=sys.stderr)
+        return 1
+
+    def number(value, digits=4):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+    header = f"{'class':<22} {'boxes':>6} {'dets':>6} {'AP@' + format(args.iou, 'g'):>8} {'hit rate':>9}"
+    lines = [header, "-" * len(header)]
+    for row in report.classes:
+        lines.append(f"{row['name'][:22]:<22} {row['gt_boxes']:>6} {row['detections']:>6} {number(row['ap']):>8} "
+                     f"{number(row['hit_rate']):>9}")
+    lines.append(f"{'mean AP / pooled hit rate':<36} {number(report.mean_ap):>8} {number(report.hit_rate_total):>9}")
+    print("\n".join(lines))
+    print(f"AP: {args.interpolation} interpolation, IoU > {args.iou:g}; hit rate: the SNA code's 'AP', a recall "
+          f"(detections scoring >= {args.score_threshold:g}, top {args.max_detections} per image)")
+    if args.out:
+        import pandas as pd
+
+        csv_text = pd.DataFrame(report.classes).to_csv(index=False, lineterminator="\n")
+        for path in write_set_atomic(args.out, {"detection.csv": csv_text,
+                                                "summary.json": json_text(report.summary())}).values():
+            print(f"wrote {path}")
     return 0
 
 

@@ -227,3 +227,19 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
         assert (tmp_path / "out" / name).read_text() == (straight / name).read_text(), name
     for name in ("a.png", "b.png", "c.png"):
         assert (images / name).read_bytes() == (straight / "images" / "train" / name).read_bytes()
+
+
+def test_labels_csv_trains_the_sna_classifier_end_to_end(full, tmp_path):
+    """The issue's end-to-end check: a converted fixture, then a few steps of multi-label training."""
+    from medattn.images.training import ImageTrainConfig, ImageTrainer
+
+    out, _ = full
+    summary = ImageTrainer(ImageTrainConfig(task="multilabel", data=str(out / "labels.csv"), out=str(tmp_path / "run"),
+                                            preset="sna_resnet18", epochs=1, batch_size=2, image_size=32,
+                                            device="cpu", progress=False)).run()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classes"][0] == "No finding" and len(config["classes"]) == 15
+    roles = {i: row["split"] for i, row in _rows(out / "labels.csv").items()}
+    assert config["split"]["source"] == "layout"  # the folds' val rows
+    assert len(config["split"]["val"]) == sum(r == "val" for r in roles.values())
+    assert "auroc_mean" in summary
