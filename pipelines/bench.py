@@ -20,6 +20,7 @@ BENCHMARKS = {
     "monai": "medattn.pipelines.bench_monai",
     "predict": "medattn.pipelines.bench_predict",
     "image": "medattn.pipelines.bench_image",
+    "vindr": "medattn.pipelines.bench_vindr",
 }
 
 

@@ -324,7 +324,7 @@ def _add_vindr_cxr(inner) -> None:
     targets.add_argument("--seg-findings", type=_comma_list,
                          default=(), metavar="NAMES", help='findings to segment, e.g. "Cardiomegaly,Pleural effusion"')
     parser.add_argument("--overwrite", action="store_true", help="convert images whose PNG exists already")
-    parser.add_argument("-j", "--jobs", type=_positive_int, default=2, help="images converted at once (default 2)")
+    parser.add_argument("-j", "--jobs", type=_positive_int, default=2, help="images converted at once, in worker processes (default 2)")
     parser.set_defaults(handler=_run_vindr_cxr)
 
 

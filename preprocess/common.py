@@ -7,7 +7,7 @@ these pieces:
   message names the case and the file.
 * Case discovery (:func:`discover_numbered`) and label handling (:func:`label_values`,
   :func:`remap_labels`, :func:`check_volume`).
-* :func:`map_cases`: runs one function per case on a thread pool with a tqdm progress bar,
+* :func:`map_cases`: runs one function per case on a thread (or process) pool with a tqdm progress bar,
   collecting failures instead of stopping at the first one, so the run ends with a summary
   of the skipped cases (:class:`ConversionReport`).
 * nnU-Net v2 raw dataset helpers: :func:`dataset_folder`, :func:`write_dataset_json`,
@@ -17,7 +17,8 @@ these pieces:
 Threads rather than processes do the parallel work: SimpleITK, zlib and numpy release the
 GIL during reading, compression and array arithmetic, and threads need no ``__main__``
 guard, pickling or start method, so the Python API behaves the same from a script, a
-notebook or stdin.
+notebook or stdin. The exception is work that holds the GIL, such as
+pylibjpeg-openjpeg's JPEG 2000 decoder (VinDr-CXR): ``processes=True`` forks workers.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def map_cases(
     *,
     jobs: int = 1,
     desc: str = "converting",
+    processes: bool = False,
+    on_done: Callable[[str, Any], None] | None = None,
 ) -> tuple[dict[str, Any], list[CaseFailure]]:
     """Run ``function(item)`` for every case, in parallel, with a progress bar.
 
@@ -108,8 +111,14 @@ def map_cases(
     Args:
         function: called once per case with the case's item.
         cases: case name -> item.
-        jobs: number of worker threads (1 runs in the calling thread).
+        jobs: number of workers (1 runs in the calling thread).
         desc: label of the progress bar.
+        processes: workers are processes instead of threads, for work that holds the GIL
+            (pylibjpeg-openjpeg's JPEG 2000 decoder does). ``function`` and the items must
+            then be picklable (a module-level function). Linux forks them, so no
+            ``__main__`` guard is needed; elsewhere they are spawned.
+        on_done: called in the calling thread with (name, result) as each case succeeds
+            (a journal of finished cases, for resuming a killed run).
 
     Returns:
         ``(results, failures)``: case name -> return value for the cases that worked, and
@@ -124,22 +133,39 @@ def map_cases(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     results: dict[str, Any] = {}
     failures: list[CaseFailure] = []
+
+    def finished(name: str) -> None:
+        if on_done is not None and name in results:
+            on_done(name, results[name])
+
     with tqdm(total=len(cases), desc=desc, unit="case", file=sys.stderr) as bar:
-        if jobs == 1:
+        if jobs == 1 or len(cases) <= 1:
             for name, item in cases.items():
                 _run_one(function, name, item, results, failures)
+                finished(name)
                 bar.update()
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
+            with _pool(jobs, processes) as pool:
                 futures = {pool.submit(function, item): name for name, item in cases.items()}
                 try:
                     for future in as_completed(futures):
                         _collect(futures[future], future.result, results, failures)
+                        finished(futures[future])
                         bar.update()
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     return results, sorted(failures, key=lambda f: f.case)
+
+
+def _pool(jobs: int, processes: bool):
+    if not processes:
+        return ThreadPoolExecutor(max_workers=jobs)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method))
 
 
 def _run_one(function, name, item, results, failures) -> None:

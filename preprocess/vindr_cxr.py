@@ -226,13 +226,21 @@ def read_radiograph(path: str | os.PathLike, output_bits: int = 8) -> tuple[np.n
     bits = _effective_bits(ds, stored)
     values = apply_modality_lut(stored, ds)
     out, low, high, voi = _voi(ds, values, bits)
-    scale = (out - low) / (high - low) if high > low else np.zeros_like(out)
-    scale = np.clip(scale, 0.0, 1.0)
-    inverted = ds.PhotometricInterpretation == "MONOCHROME1"
-    if inverted:  # within the output range: y_min + y_max - y
-        scale = 1.0 - scale
     top = 2**output_bits - 1
-    array = np.rint(scale * top).astype(np.uint8 if output_bits == 8 else np.uint16)
+    inverted = ds.PhotometricInterpretation == "MONOCHROME1"
+    # in place on the VOI output (a float64 copy of its own): two conversions run at once
+    # compete for memory bandwidth, not for cores
+    scale = out if out.dtype == np.float64 and out is not values else out.astype(np.float64)
+    if high > low:
+        scale -= low
+        scale *= top / (high - low)
+    else:
+        scale.fill(0.0)
+    np.clip(scale, 0.0, top, out=scale)
+    if inverted:  # within the output range: y_min + y_max - y
+        np.subtract(top, scale, out=scale)
+    np.rint(scale, out=scale)
+    array = scale.astype(np.uint8 if output_bits == 8 else np.uint16)
     spacing, source = _spacing(ds)
     record = PixelRecord(
         source=str(path), transfer_syntax=str(ds.file_meta.TransferSyntaxUID), transfer_syntax_repaired=repaired,
@@ -461,7 +469,7 @@ class ConvertOptions:
     """The choices of one ``medattn convert vindr-cxr`` run (its options, by the same names).
 
     Attributes:
-        jobs: images converted at once (threads: the decoders release the GIL).
+        jobs: images converted at once (processes: pylibjpeg-openjpeg holds the GIL).
         label_policy: ``any``, ``majority`` or ``all`` (:func:`image_labels`).
         output_bits: PNG depth, 8 or 16.
         resize: output side in pixels; None keeps the original pixels.
@@ -553,18 +561,43 @@ def _finished_rows(out: Path) -> dict[str, dict]:
 
 
 class _Journal:
-    """Appends each finished image's manifest row as one JSON line (thread-safe)."""
+    """Appends each finished image's manifest row as one JSON line, as the image finishes."""
 
     def __init__(self, path: Path):
-        import threading
-
-        self.path, self.lock = path, threading.Lock()
+        self.path = path
 
     def add(self, row: dict) -> None:
         import json
 
-        with self.lock, open(self.path, "a", encoding="utf-8") as handle:
+        with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
+            handle.flush()
+
+
+@dataclass(frozen=True)
+class _ImageTask:
+    image_id: str
+    folder: str
+    path: str
+    out: str
+    output_bits: int
+    resize: int | None
+    resize_mode: str
+
+
+def _convert_image(task: _ImageTask) -> dict:
+    """Convert one radiograph to its PNG; its manifest row (strings, as manifest.csv reads back)."""
+    from medattn.preprocess.vindr_boxes import plan_resize, resize_image
+
+    out = Path(task.out)
+    target = out / "images" / task.folder / f"{task.image_id}.png"
+    array, record = read_radiograph(task.path, task.output_bits)
+    geometry = plan_resize(record.width, record.height, task.resize, task.resize_mode)
+    _write_png(resize_image(array, geometry), target)
+    resize = "none" if task.resize is None else f"{task.resize_mode} {task.resize}"
+    row = {"image_id": task.image_id, "split": task.folder, "path": target.relative_to(out).as_posix(),
+           **record.to_dict(), "resize": resize, **geometry.record(), "error": ""}
+    return {k: "" if v is None else str(v) for k, v in row.items()}
 
 
 def convert_vindr_cxr(src: str | os.PathLike, out: str | os.PathLike, options: ConvertOptions | None = None,
@@ -604,7 +637,6 @@ def convert_vindr_cxr(src: str | os.PathLike, out: str | os.PathLike, options: C
     """
     from medattn.data.io import check_output_folder, remove_stale_temporaries
     from medattn.preprocess.common import ConversionReport, map_cases, warn
-    from medattn.preprocess.vindr_boxes import plan_resize, resize_image
     from medattn.preprocess.vindr_targets import read_split_files
 
     options = options or ConvertOptions(**choices)
@@ -620,24 +652,19 @@ def convert_vindr_cxr(src: str | os.PathLike, out: str | os.PathLike, options: C
     for folder in (out, out / "images" / "train", out / "images" / "test"):
         remove_stale_temporaries(folder)
     journal = _Journal(out / JOURNAL)
-
-    def convert_one(item):
-        image_id, (folder, path) = item
-        target = out / "images" / folder / f"{image_id}.png"
+    todo, done = {}, {}
+    for image_id, (folder, path) in annotations.images.items():
         old = previous.get(image_id)
-        if old and target.is_file() and old.get("resize") == options.resize_text and old.get(
-                "output_bits") == str(options.output_bits):
-            return old
-        array, record = read_radiograph(path, options.output_bits)
-        geometry = plan_resize(record.width, record.height, options.resize, options.resize_mode)
-        _write_png(resize_image(array, geometry), target)
-        row = {"image_id": image_id, "split": folder, "path": target.relative_to(out).as_posix(),
-               **record.to_dict(), "resize": options.resize_text, **geometry.record(), "error": ""}
-        journal.add(row)
-        return {k: str(v) for k, v in row.items()}
-
-    done, failures = map_cases(convert_one, {i: (i, v) for i, v in annotations.images.items()}, jobs=options.jobs,
-                               desc="radiographs")
+        if old and (out / "images" / folder / f"{image_id}.png").is_file() and old.get(
+                "resize") == options.resize_text and old.get("output_bits") == str(options.output_bits):
+            done[image_id] = old
+        else:
+            todo[image_id] = _ImageTask(image_id, folder, str(path), str(out), options.output_bits, options.resize,
+                                        options.resize_mode)
+    # processes: pylibjpeg-openjpeg holds the GIL while it decodes JPEG 2000
+    converted, failures = map_cases(_convert_image, todo, jobs=options.jobs, desc="radiographs", processes=True,
+                                    on_done=lambda _, row: journal.add(row))
+    done |= converted
     rows = list(done.values()) + [{"image_id": f.case, "split": annotations.images[f.case][0], "path": "",
                                     "source": str(annotations.images[f.case][1]), "error": f.message}
                                    for f in failures]
