@@ -283,8 +283,10 @@ def canonical_class(name: str, where: str) -> str:
 
 
 def safe_name(name: str) -> str:
-    """A class name as a path component ("Nodule/Mass" -> "Nodule_Mass")."""
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    """A class name as a path component: path separators and characters Windows forbids
+    become "_" ("Nodule/Mass" -> "Nodule_Mass"; "Pleural effusion" stays). Used for the
+    nnU-Net dataset's label names, which downstream tools turn into file names."""
+    return "".join("_" if ch in '/\\:*?"<>|' else ch for ch in name)
 
 
 @dataclass

@@ -167,8 +167,10 @@ def write_nnunet_dataset(root: Path, dataset_id: int, findings: list[str], image
         prune_stale_outputs(folder / name, kept, r".+\.png")
     if not written["imagesTr"]:
         raise ConversionError(f"{folder}: no labelled training image to put in imagesTr")
+    from medattn.preprocess.vindr_cxr import safe_name
+
     write_dataset_json(folder, channel_names={"0": "X-ray"},
-                       labels={"background": 0, **{name: k for k, name in enumerate(findings, start=1)}},
+                       labels={"background": 0, **{safe_name(name): k for k, name in enumerate(findings, start=1)}},
                        num_training=len(written["imagesTr"]),
                        extra={"file_ending": ".png", "name": "VinDrCXR",
                               "description": "VinDr-CXR box masks by medattn convert vindr-cxr; where boxes of "

@@ -99,3 +99,25 @@ def test_an_unknown_class_is_refused_naming_its_line(tmp_path, capsys):
     assert main(["convert", "vindr-cxr", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "o")]) == 1
     error = capsys.readouterr().err
     assert "unknown class 'Aortic enlargment'" in error and "train.csv, line" in error
+
+
+def test_resized_coco_boxes_map_back_to_the_csv_boxes(converted, tmp_path):
+    from pycocotools.coco import COCO
+
+    from medattn.preprocess.vindr_boxes import read_manifest
+    from medattn.preprocess.vindr_cxr import to_original
+    from tests.preprocess.vindr_download import BOXES
+
+    _, root, _, _ = converted
+    assert main(["convert", "vindr-cxr", "--src", str(root / "src"), "--out", str(tmp_path), "--resize", "40",
+                 "--resize-mode", "square"]) == 1
+    coco = COCO(str(tmp_path / "annotations" / "instances_train.json"))
+    manifest = read_manifest(tmp_path / "manifest.csv")
+    back = sorted((coco.imgs[a["image_id"]]["image_id"], a["rad_id"], *np.round(to_original(
+        [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]],
+        coco.imgs[a["image_id"]]["image_id"], manifest)[0], 6)) for a in coco.dataset["annotations"])
+    expected = sorted((i, r, *np.clip(box, 0, [SIZE[1], SIZE[0]] * 2)) for i, r, _, box in BOXES
+                      if box and i in "abc")
+    assert [row[:2] for row in back] == [row[:2] for row in expected]
+    np.testing.assert_allclose([row[2:] for row in back], [row[2:] for row in expected], atol=1e-6)
+    assert {img["width"] for img in coco.dataset["images"]} == {40}

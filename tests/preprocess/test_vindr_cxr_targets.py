@@ -19,7 +19,7 @@ from tests.preprocess.vindr_download import make_download
 
 NNUNET_ID = 621
 FULL = ["--resize", "32", "--boxes", "wbf", "--yolo", "--split", "stratified-kfold", "--folds", "2", "--seed", "1",
-        "--nnunet-dataset-id", str(NNUNET_ID), "--seg-findings", "cardiomegaly,Pleural effusion"]
+        "--nnunet-dataset-id", str(NNUNET_ID), "--seg-findings", "cardiomegaly,Pleural effusion,nodule/mass"]
 
 
 def _rows(path):
@@ -102,11 +102,12 @@ def test_the_nnunet_dataset_passes_nnunets_own_integrity_check(full, tmp_path):
     out, _ = full
     folder = out / "nnUNet_raw" / f"Dataset{NNUNET_ID}_VinDrCXR"
     dataset = json.loads((folder / "dataset.json").read_text())
-    assert dataset["labels"] == {"background": 0, "Cardiomegaly": 1, "Pleural effusion": 2}
+    assert dataset["labels"] == {"background": 0, "Cardiomegaly": 1, "Pleural effusion": 2, "Nodule_Mass": 3}
     assert dataset["numTraining"] == 3 and dataset["file_ending"] == ".png"
     mask_c = np.asarray(Image.open(folder / "labelsTr" / "c.png"))
-    assert set(np.unique(mask_c)) == {0, 2}  # c's effusion covers the image; the nodule is not a chosen finding
-    assert (mask_c[4:28] == 2).all() and (mask_c[:4] == 0).all()  # the letterbox pad stays background
+    assert set(np.unique(mask_c)) == {0, 2, 3}  # c's effusion covers the image; its nodules, named later, win
+    assert np.isin(mask_c[4:28], (2, 3)).all() and (mask_c[:4] == 0).all()  # the letterbox pad stays background
+    assert (mask_c[7:12, 3:8] == 3).all() and (mask_c[4:28] == 3).sum() < 50
     assert set(np.unique(np.asarray(Image.open(folder / "labelsTr" / "b.png")))) == {0}  # No finding
     assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == ["e_0000.png"]
     env = nnunet_environment(out / "nnUNet_raw", tmp_path / "pre", tmp_path / "res", n_proc=1)
