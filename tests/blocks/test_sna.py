@@ -161,17 +161,17 @@ def test_tol_stops_early_at_algorithm_1_criterion():
     matrices = torch.randn(4, 12, 20, generator=_generator(6), dtype=torch.float64)
     tol, n_iter = 1e-4, 500
     early = top_singular_triplets(matrices, n_iter=n_iter, tol=tol)
-    full = top_singular_triplets(matrices, n_iter=n_iter)
-    # The early result is the fixed-count result after the first t where every v moved
+    full = top_singular_triplets(matrices, n_iter=n_iter, impl="reference")
+    # tol runs the reference iterations; the early result is the fixed-count result after the first t where every v moved
     # less than tol: v_t . v_(t-1) > 1 - tol.
     previous_v = None
     for t in range(1, n_iter + 1):
-        _, _, v_t = top_singular_triplets(matrices, n_iter=t)
+        _, _, v_t = top_singular_triplets(matrices, n_iter=t, impl="reference")
         if previous_v is not None and bool(((v_t * previous_v).sum(-2) > 1 - tol).all()):
             break
         previous_v = v_t
     assert t < n_iter
-    stopped = top_singular_triplets(matrices, n_iter=t)
+    stopped = top_singular_triplets(matrices, n_iter=t, impl="reference")
     for a, b in zip(early, stopped):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(early[0], full[0])
@@ -551,3 +551,61 @@ def test_start_falls_back_to_the_largest_row_where_column_sums_vanish():
     reference = torch.linalg.svdvals(matrix.double())[0]
     sigma, _, _ = top_singular_triplets(matrix, n_iter=500)
     torch.testing.assert_close(sigma[0].double(), reference, rtol=1e-4, atol=0)
+
+
+# ----------------------------------------------------------------------------- fast path vs the reference
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 20), (3, 20, 12), (2, 32, 32), (2, 4, 40, 48), (2, 40, 33)])
+@pytest.mark.parametrize("n_iter", [1, 2, 10, 17])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_fast_triplets_equal_the_reference_forward_and_backward(shape, n_iter, rank):
+    """Small maps take the Gram-squaring path (17 iterations: the rescaled one), larger ones
+    the rescaled alternating path; rank 1 equals the reference iterations to 1e-5 in
+    float32. Rank 2 (deflation) runs the reference itself."""
+    gen = _generator(n_iter + rank)
+    matrices = torch.relu(torch.randn(*shape, generator=gen)).requires_grad_()
+    weights = [torch.randn(s, generator=gen) for s in ((*shape[:-2], rank), (*shape[:-1], rank),
+                                                        (*shape[:-2], shape[-1], rank))]
+
+    def run(impl, inputs):
+        triplets = top_singular_triplets(inputs, n_iter, rank=rank, impl=impl)
+        grad = torch.autograd.grad(sum((t * w.to(t.dtype)).sum() for t, w in zip(triplets, weights)), inputs)[0]
+        return [*triplets, grad]
+
+    fast, reference = run("fast", matrices), run("reference", matrices)
+    for ours, theirs in zip(fast, reference):
+        assert _relative(ours, theirs) < (1e-5 if rank == 1 else 1e-12)
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (2, 6, 9, 14)), (2, (2, 4, 40, 36)), (3, (2, 5, 4, 7, 9)),
+                                                 (3, (1, 3, 6, 36, 40))])
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_block_equals_the_reference_block(spatial_dims, shape, training):
+    gen = _generator(sum(shape))
+    x = torch.randn(*shape, generator=gen).requires_grad_()
+    fast = SpectralNormAttention(shape[1], spatial_dims=spatial_dims).train(training)
+    reference = SpectralNormAttention(shape[1], spatial_dims=spatial_dims, impl="reference").train(training)
+    out_fast, out_reference = fast(x), reference(x)
+    assert _relative(out_fast, out_reference) < 1e-5
+    grad = torch.randn(out_fast.shape, generator=gen)
+    assert _relative(torch.autograd.grad((out_fast * grad).sum(), x)[0],
+                     torch.autograd.grad((out_reference * grad).sum(), x)[0]) < 1e-5
+
+
+def test_fast_block_keeps_zero_maps_finite():
+    x = torch.zeros(2, 3, 5, 6, requires_grad=True)
+    out = SpectralNormAttention(3)(x)
+    out.sum().backward()
+    assert torch.equal(out, x.detach()) and torch.isfinite(x.grad).all()
+
+
+def test_impl_is_checked():
+    with pytest.raises(ValueError, match="unknown impl 'quick'"):
+        SpectralNormAttention(4, impl="quick")
+    with pytest.raises(ValueError, match="unknown impl 'quick'"):
+        top_singular_triplets(torch.ones(2, 3, 3), 2, impl="quick")
