@@ -114,7 +114,9 @@ PER_BLOCK_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 _NUM_GATES = 4  # i, f, g, o
 
 #: Options of the DIA-LSTM units ("lstm", "light") accepted by :func:`create_unit`.
-LSTM_UNIT_OPTIONS = ("rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer")
+LSTM_UNIT_OPTIONS = ("rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer", "impl")
+#: ``impl`` of the DIA-LSTM cell: "fast" (default) or "reference" (the equations as written, the test oracle).
+IMPLS = ("fast", "reference")
 
 
 class ElementwiseAffine(nn.Module):
@@ -177,6 +179,8 @@ class DIALSTMCell(nn.Module):
         act_layer: activation after each reduction (paper: ReLU).
         gate_layer: output activation applied to ``c_t`` (paper: sigmoid; "tanh" is the
             standard LSTM, Table 12).
+        impl: "fast" (default; the same step with fewer kernels, equal to the reference to
+            float32 rounding, tested) or "reference" (the equations as written).
 
     Shapes:
         ``y``: (B, N); ``state``: ``(h, c)`` each (B, N), or None for zeros.
@@ -196,9 +200,12 @@ class DIALSTMCell(nn.Module):
         light: bool = False,
         act_layer: LayerSpec = "relu",
         gate_layer: LayerSpec = "sigmoid",
+        impl: str = "fast",
     ):
         super().__init__()
         check_channels(channels)
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; choose one of {list(IMPLS)}")
         if isinstance(rd_divisor, bool) or not isinstance(rd_divisor, int) or rd_divisor < 1:
             raise ValueError(f"rd_divisor must be a positive int, got {rd_divisor!r}")
         if not isinstance(light, bool):
@@ -212,6 +219,7 @@ class DIALSTMCell(nn.Module):
         else:
             self.hidden_path = _reduced_gate_path(channels, self.rd_channels, act_layer)
         self.output_act = create_act(gate_layer, default="sigmoid")
+        self.impl = impl
 
     def forward(self, y: torch.Tensor, state: LSTMState | None = None) -> LSTMState:
         """One step of Eq. 4: ``(h_t, c_t) = LSTM(y_t, h_{t-1}, c_{t-1})``."""
@@ -219,12 +227,31 @@ class DIALSTMCell(nn.Module):
             raise ValueError(
                 f"DIALSTMCell expects a (B, {self.channels}) input, got shape {tuple(y.shape)}"
             )
+        if self.impl == "fast":
+            return self._fast_step(y, None if state is None else _checked_state(state, y.shape))
         h_prev, c_prev = self._initial_state(y) if state is None else _checked_state(state, y.shape)
         gates = self.input_path(y) + self.hidden_path(h_prev)
         i_gate, f_gate, g_gate, o_gate = gates.chunk(_NUM_GATES, dim=1)
         c_t = torch.sigmoid(f_gate) * c_prev + torch.sigmoid(i_gate) * torch.tanh(g_gate)
         h_t = torch.sigmoid(o_gate) * self.output_act(c_t)
         return h_t, c_t
+
+    def _fast_step(self, y: torch.Tensor, state: LSTMState | None) -> LSTMState:
+        """The reference step with fewer kernels (the cell runs once per block, on (B, N)
+        vectors, so its cost is per-kernel overhead): one sigmoid over the i, f, o gates
+        together, ``c_t = f c + i g`` as one fused multiply-add, and at the stage's first
+        block (``h = c = 0``) the hidden path's constant output from the parameters alone:
+        the Light cell's IE transforms of zero are their biases, and ``f c_0`` vanishes."""
+        if state is None:
+            hidden = self.hidden_path.bias.flatten() if self.light else self.hidden_path(y.new_zeros(1, self.channels))
+            gates = self.input_path(y) + hidden
+        else:
+            gates = self.input_path(y) + self.hidden_path(state[0])
+        sigmoid = torch.sigmoid(gates)
+        i_gate, f_gate, _, o_gate = sigmoid.chunk(_NUM_GATES, dim=1)
+        g_gate = torch.tanh(gates[:, 2 * self.channels:3 * self.channels])
+        c_t = i_gate * g_gate if state is None else torch.addcmul(i_gate * g_gate, f_gate, state[1])
+        return o_gate * self.output_act(c_t), c_t
 
     @staticmethod
     def _initial_state(y: torch.Tensor) -> LSTMState:
@@ -260,8 +287,8 @@ class DIAUnit(nn.Module):
         spatial_dims: 2 for (B, C, H, W), 3 for (B, C, D, H, W).
         rd_ratio: reduction fraction 1/r of the LSTM (paper default r=4).
         light: use DIA-LSTM (Light) (see :class:`DIALSTMCell`).
-        **cell_kwargs: ``rd_channels``, ``rd_divisor``, ``act_layer``, ``gate_layer`` of
-            :class:`DIALSTMCell`.
+        **cell_kwargs: ``rd_channels``, ``rd_divisor``, ``act_layer``, ``gate_layer``,
+            ``impl`` of :class:`DIALSTMCell`.
 
     Shapes:
         ``forward(x, state=None) -> (y, (h, c))`` with x, y (B, C, *spatial) and h, c (B, C);
@@ -281,6 +308,7 @@ class DIAUnit(nn.Module):
         rd_divisor: int = 1,
         act_layer: LayerSpec = "relu",
         gate_layer: LayerSpec = "sigmoid",
+        impl: str = "fast",
     ):
         super().__init__()
         check_channels(channels)
@@ -295,6 +323,7 @@ class DIAUnit(nn.Module):
             light=light,
             act_layer=act_layer,
             gate_layer=gate_layer,
+            impl=impl,
         )
 
     def forward(self, x: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
