@@ -18,6 +18,11 @@ Two tables, measured in one run:
    Paper anchors: SNA-ResNet-18 on CIFAR-100 217 vs 225 FPS (+3.7 % time); DIA-LSTM on
    ResNet-164 about 12 % slower, the Light variant about 1 %.
 
+3. Goals (issue 15): each preset's ratio against its stock backbone with the limit it should
+   stay under, eager and, with ``--compile``, compiled with ``torch.compile`` (both the
+   preset and the stock network compiled), with pass/fail. FLOPs come from torch's
+   ``FlopCounterMode`` (convolutions and matrix products).
+
 ``--quick`` measures ResNet-20 pairs only, with few rounds (for tests).
 """
 
@@ -43,6 +48,19 @@ PRESET_PAIRS = [
     ("eca_resnet50", "resnet50", 224, 4),
 ]
 QUICK_PAIRS = [("sna_resnet20", "resnet20", 32, 16)]
+#: (preset, measure, limit, what): the performance goals of issue 15, as ratios to the stock network.
+GOALS = [
+    ("sna_resnet18", "params_added", 0, "SNA adds no parameters"),
+    ("sna_resnet18", "infer_ratio", 1.02, "SNA-ResNet-18 at 32², inference"),
+    ("sna_resnet50", "infer_ratio", 1.04, "SNA-ResNet-50 at 224², inference"),
+    ("dsnet50_a", "flops_ratio", 1.04, "DSNet50-A FLOPs (DSNet Table 5)"),
+    ("dsnet50_a", "infer_ratio", 1.05, "DSNet50-A inference"),
+    ("dsnet50_b", "infer_ratio", 1.08, "DSNet50-B inference"),
+    ("dia_resnet164", "infer_ratio", 1.06, "DIA-LSTM on ResNet-164 at 32², inference"),
+    ("dia_light_resnet164", "infer_ratio", 1.015, "DIA-LSTM (Light) on ResNet-164 at 32², inference"),
+]
+QUICK_GOALS = [("sna_resnet20", "params_added", 0, "SNA adds no parameters"),
+               ("sna_resnet20", "infer_ratio", 1.02, "SNA-ResNet-20 at 32², inference (quick run)")]
 #: Alternating (trainer, bare loop) runs of the overhead table.
 REPEATS = 3
 
@@ -52,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant (default: 7)")
     parser.add_argument("--epochs", type=int, default=6, help="alternating epochs for the overhead table (default: 6)")
     parser.add_argument("--quick", action="store_true", help="ResNet-20 pairs only, 3 rounds (for tests)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every network compiled with torch.compile (minutes of compiling on CPU)")
+    parser.add_argument("--skip-overhead", action="store_true", help="leave out the trainer-overhead table")
     parser.add_argument("--markdown", help="also write the tables to this file")
 
 
@@ -66,10 +87,12 @@ def run(args) -> int:
     if rounds < 1 or epochs < 2:
         raise ValueError(f"--rounds must be at least 1 and --epochs at least 2, got {rounds}, {epochs}")
     load_before = os.getloadavg()
-    overhead = bench_trainer_overhead(device, epochs, batch=16 if args.quick else 32, per_class=32 if args.quick else 128)
-    presets = bench_presets(QUICK_PAIRS if args.quick else PRESET_PAIRS, device, rounds)
+    overhead = None if args.skip_overhead else bench_trainer_overhead(
+        device, epochs, batch=16 if args.quick else 32, per_class=32 if args.quick else 128)
+    presets = bench_presets(QUICK_PAIRS if args.quick else PRESET_PAIRS, device, rounds, compiled=args.compile)
     machine = machine_description(device, load_before)
-    text = _markdown(overhead, presets, machine, args)
+    text = _markdown(overhead, presets, machine, args) + "\n" + goal_table(presets, QUICK_GOALS if args.quick
+                                                                            else GOALS, args.compile)
     print(text)
     if args.markdown:
         from medattn.data.io import write_text_atomic
@@ -131,8 +154,9 @@ def bench_trainer_overhead(device, epochs: int, batch: int, per_class: int = 128
             "samples": len(dataset), "trainer_samples_s": trainer_s, "bare_samples_s": bare_s}
 
 
-def bench_presets(pairs, device, rounds: int) -> list[dict]:
-    """Training-step and inference time of each preset and its stock backbone, interleaved."""
+def bench_presets(pairs, device, rounds: int, compiled: bool = False) -> list[dict]:
+    """Training-step and inference time of each preset and its stock backbone, interleaved
+    (with ``compiled``, also of their ``torch.compile`` forms), and their forward FLOPs."""
     import statistics
 
     import torch
@@ -149,12 +173,17 @@ def bench_presets(pairs, device, rounds: int) -> list[dict]:
                 torch.manual_seed(0)
                 networks[key] = images.create(name, num_classes=100 if size == 32 else 1000).to(device)
                 shapes[key] = torch.randn(batch, 3, size, size, device=device)
-    steps = {}
+    steps, flops = {}, {}
     for key, network in networks.items():
         x = shapes[key]
         target = torch.zeros(x.shape[0], dtype=torch.long, device=device)
         steps[("train",) + key] = _train_step(network, x, target)
         steps[("infer",) + key] = _infer_step(network, x)
+        flops[key] = _forward_flops(network, x)
+        if compiled:
+            fast = torch.compile(network)
+            steps[("train_compiled",) + key] = _train_step(fast, x, target)
+            steps[("infer_compiled",) + key] = _infer_step(fast, x)
     with tqdm(total=len(steps) * (rounds + 1), desc="bench image", unit="step", leave=False) as bar:
         samples = time_interleaved(steps, rounds, 1, device, bar)
     median = {key: statistics.median(values) for key, values in samples.items()}
@@ -162,12 +191,46 @@ def bench_presets(pairs, device, rounds: int) -> list[dict]:
     for preset, stock, size, batch in pairs:
         params = {n: sum(p.numel() for p in networks[(n, size, batch)].parameters()) for n in (preset, stock)}
         row = {"preset": preset, "stock": stock, "size": size, "batch": batch,
-               "params_added": params[preset] - params[stock]}
-        for kind in ("train", "infer"):
+               "params_added": params[preset] - params[stock],
+               "flops_ratio": flops[(preset, size, batch)] / flops[(stock, size, batch)]}
+        for kind in ("train", "infer") + (("train_compiled", "infer_compiled") if compiled else ()):
             ours, base = median[(kind, preset, size, batch)], median[(kind, stock, size, batch)]
             row[f"{kind}_s"], row[f"{kind}_stock_s"], row[f"{kind}_ratio"] = ours, base, ours / base
         rows.append(row)
     return rows
+
+
+def _forward_flops(network, x) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    network.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(x)
+    return counter.get_total_flops()
+
+
+def goal_table(presets: list[dict], goals, compiled: bool) -> str:
+    """The goals as a Markdown table: limit, measured (eager, compiled), pass/fail."""
+    rows = {row["preset"]: row for row in presets}
+    header = "| goal | limit | measured | pass |" if not compiled else \
+        "| goal | limit | eager | pass | compiled | pass |"
+    lines = [header, "|---|---|---|---|" + ("---|---|" if compiled else "")]
+    for preset, measure, limit, what in goals:
+        if preset not in rows:
+            continue
+        row = rows[preset]
+        cells = [f"{what} (`{preset}`)", f"{'≤ ' + format(limit, 'g') + '×' if measure != 'params_added' else '0'}"]
+        for suffix in ("",) + (("_compiled",) if compiled else ()):
+            key = measure + suffix if measure.endswith("ratio") and measure != "flops_ratio" else measure
+            value = row.get(key)
+            if value is None:
+                cells += ["—", "—"]
+                continue
+            text = f"{value:+,}" if measure == "params_added" else f"{value:.3f}×"
+            cells += [text, "pass" if value <= limit else "**fail**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _train_step(network, x, target):
@@ -192,24 +255,33 @@ def _infer_step(network, x):
     return step
 
 
-def _markdown(overhead: dict, presets: list[dict], machine: dict, args) -> str:
+def _markdown(overhead: dict | None, presets: list[dict], machine: dict, args) -> str:
     command = "medattn bench image" + (" --quick" if args.quick else f" --rounds {args.rounds} --epochs {args.epochs}")
+    command += " --compile" * args.compile + " --skip-overhead" * args.skip_overhead
     lines = [
         f"`{command} --device {args.device}` on {machine['cpu']} ({machine['cpus_available']} CPUs available, "
         f"torch {machine['torch']}, {machine['torch_threads']} threads, device {machine['device']}); load average "
         f"{machine['load_average_before'][0]} before, {machine['load_average_after'][0]} after.",
         "",
-        "| trainer epoch (median) | bare loop epoch (median) | ratio | epochs | samples × batch |",
-        "|---|---|---|---|---|",
-        f"| {overhead['trainer_s']:.3f} s | {overhead['bare_s']:.3f} s | {overhead['ratio']:.3f} | "
-        f"{REPEATS} × {overhead['epochs']} (first of each left out) | {overhead['samples']} × {overhead['batch']} |",
-        "",
-        "| preset | stock | input | batch | params added | training step | ratio | inference | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if overhead is not None:
+        lines += [
+            "| trainer epoch (median) | bare loop epoch (median) | ratio | epochs | samples × batch |",
+            "|---|---|---|---|---|",
+            f"| {overhead['trainer_s']:.3f} s | {overhead['bare_s']:.3f} s | {overhead['ratio']:.3f} | "
+            f"{REPEATS} × {overhead['epochs']} (first of each left out) | {overhead['samples']} × {overhead['batch']} |",
+            "",
+        ]
+    lines += [
+        "| preset | stock | input | batch | params added | FLOPs | training step | ratio | inference | ratio |"
+        + (" compiled training | compiled inference |" if args.compile else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""),
     ]
     for row in presets:
         lines.append(
             f"| `{row['preset']}` | `{row['stock']}` | {row['size']}² | {row['batch']} | {row['params_added']:+,} | "
+            f"{row['flops_ratio']:.3f}× | "
             f"{row['train_s'] * 1e3:.1f} ms vs {row['train_stock_s'] * 1e3:.1f} | {row['train_ratio']:.3f} | "
-            f"{row['infer_s'] * 1e3:.1f} ms vs {row['infer_stock_s'] * 1e3:.1f} | {row['infer_ratio']:.3f} |")
+            f"{row['infer_s'] * 1e3:.1f} ms vs {row['infer_stock_s'] * 1e3:.1f} | {row['infer_ratio']:.3f} |"
+            + (f" {row['train_compiled_ratio']:.3f} | {row['infer_compiled_ratio']:.3f} |" if args.compile else ""))
     return "\n".join(lines) + "\n"
