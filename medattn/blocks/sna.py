@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -237,7 +238,7 @@ def _power_iteration(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One component: ``(sigma [...], u [..., m], v [..., n])``."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        v = _normalize(_start_vector(matrix.sum(-2), _largest_fiber(matrix, dim=-2), matrix, 2), eps)
+        v = _normalize(_start_vector(matrix.sum(-2), lambda: _largest_fiber(matrix, dim=-2), matrix, 2), eps)
         for _ in range(n_iter):
             u = _normalize(_matvec(matrix, v), eps)
             v_next, v_norm = _normalize_with_norm(_matvec(matrix.transpose(-1, -2), u), eps)
@@ -292,7 +293,7 @@ def _leading_right_vector(matrix: Tensor, n_iter: int, eps: float) -> Tensor:
     exhausted by deflation) stay tiny here instead; their ``sigma`` is below ``eps`` either
     way.
     """
-    start = _start_vector(matrix.sum(-2), _largest_fiber(matrix, dim=-2), matrix, 2)
+    start = _start_vector(matrix.sum(-2), lambda: _largest_fiber(matrix, dim=-2), matrix, 2)
     rows, cols = matrix.shape[-2:]
     if min(rows, cols) > SQUARING_MAX_SIDE:
         v = start
@@ -373,9 +374,9 @@ def _hopm(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One HOPM term: ``(sigma [...], a [..., I], b [..., J], c [..., K])``."""
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        b = _normalize(_start_vector(tensor.sum((-3, -1)), _largest_fiber(tensor.transpose(-1, -2), dim=-3),
-                                     tensor, 3), eps)
-        c = _normalize(_start_vector(tensor.sum((-3, -2)), _largest_fiber(tensor, dim=-3), tensor, 3), eps)
+        b = _normalize(_start_vector(tensor.sum((-3, -1)),
+                                     lambda: _largest_fiber(tensor.transpose(-1, -2), dim=-3), tensor, 3), eps)
+        c = _normalize(_start_vector(tensor.sum((-3, -2)), lambda: _largest_fiber(tensor, dim=-3), tensor, 3), eps)
         for _ in range(n_iter):
             a = _normalize(torch.einsum("...ijk,...j,...k->...i", tensor, b, c), eps)
             b_next, b_norm = _normalize_with_norm(torch.einsum("...ijk,...i,...k->...j", tensor, a, c), eps)
@@ -393,7 +394,7 @@ def _hopm(
     return sigma, a, b, c
 
 
-def _start_vector(sums: Tensor, fallback: Tensor, tensor: Tensor, summed_axes: int) -> Tensor:
+def _start_vector(sums: Tensor, fallback: Callable[[], Tensor], tensor: Tensor, summed_axes: int) -> Tensor:
     """The power iteration's start: the column sums ``M^T 1`` (for a tensor, the contraction
     with ones on the other modes), or ``fallback`` where those sums vanish.
 
@@ -407,15 +408,19 @@ def _start_vector(sums: Tensor, fallback: Tensor, tensor: Tensor, summed_axes: i
 
     Args:
         sums: ``[..., n]`` the contraction with ones.
-        fallback: ``[..., n]`` the largest fibre.
+        fallback: returns ``[..., n]``, the largest fibre (called only where needed).
         tensor: the matrix ``[..., m, n]`` or tensor ``[..., I, J, K]``.
         summed_axes: how many trailing axes of ``tensor`` form one matrix/tensor (2 or 3).
     """
-    frobenius = tensor.flatten(-summed_axes).norm(dim=-1)
+    frobenius = torch.linalg.vector_norm(tensor.flatten(-summed_axes), dim=-1)
     count = tensor[(0,) * (tensor.ndim - summed_axes)].numel() // sums.shape[-1]
     # |sums| <= sqrt(count) |M|_F; below 1e-6 of that bound the sums carry no direction.
     usable = torch.linalg.vector_norm(sums, dim=-1) > 1e-6 * math.sqrt(count) * frobenius
-    return torch.where(usable[..., None], sums, fallback)
+    # On CPU, reading the flag costs nothing and spares the fallback's kernels in the usual
+    # case (non-negative maps); on GPUs and under torch.compile the flag stays on the device.
+    if tensor.device.type == "cpu" and not torch.compiler.is_compiling() and bool(usable.all()):
+        return sums
+    return torch.where(usable[..., None], sums, fallback())
 
 
 def _largest_fiber(tensor: Tensor, dim: int) -> Tensor:
@@ -618,6 +623,8 @@ class SpectralNormAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Re-weight ``x`` (B, C, *spatial) by its spectral attention map; same shape and dtype."""
         check_input(x, self.channels, self.spatial_dims, "SpectralNormAttention")
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+            return x * self._weights(x)  # already the compute dtype: no context, no casts
         with torch.autocast(device_type=x.device.type, enabled=False):
             x_full = x.to(_compute_dtype(x))
             return (x_full * self._weights(x_full)).to(x.dtype)
