@@ -35,6 +35,8 @@ MODES = ("full", "series", "parallel", "channel", "spatial")
 
 #: SKNet's lower bound ``L`` on the width of the selection FC (SKNet, section 3.1).
 SK_MIN_WIDTH = 32
+#: ``impl`` values: the fast path and the reference it is tested against.
+IMPLS = ("fast", "reference")
 
 _USES_CHANNEL = {"full", "series", "channel"}
 _USES_SPATIAL = {"full", "series", "parallel", "spatial"}
@@ -151,6 +153,13 @@ class DSM(nn.Module):
         sk_min_width: SKNet's lower bound ``L`` on the selection FC's width (default 32);
             0 makes the width ``r``, which reproduces DSNet50-B's parameter count
             (+1.81M, DSNet Tables 5/6/8) instead of +1.958M.
+        impl: "fast" (default) or "reference". The fast path computes the same block
+            with fewer passes over the (B, C, N) maps: both query convs of a mode that
+            has them in one convolution (one read of ``X``), the gate of ``W_x X`` in place,
+            and ``F_aggr(softmax_N(k_c S) ⊙ V)`` as ``Σ exp(k_c S − m_c) V / Σ exp(k_c S − m_c)``
+            with the shift ``m_c = max_n k_c S_n`` taken from the extremes of ``S``, so the
+            (B, C, N) map is written once and exponentiated in place. Equal to the reference
+            to float32 rounding, forward and gradients (tested); "reference" is the oracle.
 
     Shapes:
         input (B, C, *spatial) with 2 or 3 spatial axes; output: the same shape.
@@ -173,9 +182,13 @@ class DSM(nn.Module):
         gate_layer: LayerSpec = "sigmoid",
         identity_init: bool = True,
         sk_min_width: int = SK_MIN_WIDTH,
+        impl: str = "fast",
     ):
         super().__init__()
         check_channels(channels)
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; choose one of {list(IMPLS)}")
+        self.impl = impl
         if isinstance(sk_min_width, bool) or not isinstance(sk_min_width, int) or sk_min_width < 0:
             raise ValueError(f"sk_min_width must be a non-negative int, got {sk_min_width!r}")
         check_spatial_dims(spatial_dims)
@@ -227,32 +240,57 @@ class DSM(nn.Module):
         """
         check_input(x, self.channels, self.spatial_dims, "DSM")
         x_flat = x.flatten(2)
+        queries = self._fused_queries(x) if self.impl == "fast" else {}
         if self.mode == "channel":
-            return self._gated(x, self._per_channel(self._channel_attention(x, x_flat)))
-        spatial = self._spatial_attention(x, x_flat)
+            return self._gated(x, self._per_channel(self._channel_attention(x, x_flat, queries.get("channel"))))
+        spatial = self._spatial_attention(x, x_flat, queries.get("spatial"))
         if self.mode == "spatial":
             return self._gated(x, spatial.view(x.shape[0], 1, *x.shape[2:]))
-        context = self._self_attention_context(x, x_flat, spatial)
+        context = self._self_attention_context(x, x_flat, spatial, queries.get("channel"))
         if self.gamma is not None:
             context = self.gamma * context
         return x + self._per_channel(context.to(x.dtype))
 
     def _self_attention_context(
-        self, x: torch.Tensor, x_flat: torch.Tensor, spatial: torch.Tensor
+        self, x: torch.Tensor, x_flat: torch.Tensor, spatial: torch.Tensor, channel_query=None
     ) -> torch.Tensor:
         """``F_aggr(M ⊙ σ(W_x X))`` as (B, C), with ``M_c = softmax_N(k_c S)`` (see class doc)."""
-        values = self.gate(self.value_proj(x)).flatten(2)
+        values = self._values(x)
         if self.mode == "parallel":
             attention = _softmax(spatial)  # (B, N): C cancels, one map serves every channel
             return torch.einsum("bn,bcn->bc", attention.to(values.dtype), values)
-        channel = self._channel_attention(x, x_flat)
+        channel = self._channel_attention(x, x_flat, channel_query)
         if self.mode == "series":
             temperature = channel
         else:
             alpha = self.selection_weight(channel, spatial)
             temperature = alpha * channel + (1 - alpha)
+        if self.impl == "fast":
+            return _softmax_pool(temperature, spatial, values)
         attention = _softmax(temperature[:, :, None] * spatial[:, None, :])  # (B, C, N)
         return torch.einsum("bcn,bcn->bc", attention.to(values.dtype), values)
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        """``σ(W_x X)`` as (B, C, N); the fast path gates the fresh conv output in place
+        (a sigmoid's backward needs only its output)."""
+        projected = self.value_proj(x)
+        if self.impl == "fast" and isinstance(self.gate, nn.Sigmoid):
+            return torch.sigmoid_(projected).flatten(2)
+        return self.gate(projected).flatten(2)
+
+    def _fused_queries(self, x: torch.Tensor) -> dict:
+        """Both 1x1 query convs of the mode in one convolution (one read of ``x``):
+        {"channel": (B, 1, *spatial), "spatial": (B, r, *spatial)}, or {} with fewer than two."""
+        convs = {name: getattr(self, attribute) for name, attribute in (("channel", "channel_query"),
+                                                                        ("spatial", "spatial_query"))
+                 if hasattr(self, attribute)}
+        if len(convs) < 2:
+            return {}
+        weight = torch.cat([conv.weight for conv in convs.values()])
+        bias = torch.cat([conv.bias for conv in convs.values()])
+        conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
+        out = conv(x, weight, bias)
+        return dict(zip(convs, out.split([c.out_channels for c in convs.values()], dim=1)))
 
     def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel map ``C`` of section 4.1.
@@ -306,14 +344,15 @@ class DSM(nn.Module):
         logits = self.select_expand(self.select_act(self.select_reduce(fused)))
         return torch.softmax(logits.unflatten(-1, (2, self.channels)), dim=1)[:, 0]
 
-    def _channel_attention(self, x: torch.Tensor, x_flat: torch.Tensor) -> torch.Tensor:
-        weights = _softmax(self.channel_query(x).flatten(1))  # (B, N)
+    def _channel_attention(self, x: torch.Tensor, x_flat: torch.Tensor, query=None) -> torch.Tensor:
+        weights = _softmax((self.channel_query(x) if query is None else query).flatten(1))  # (B, N)
         pooled = torch.einsum("bcn,bn->bc", x_flat, weights.to(x_flat.dtype))
         context = _as_linear(self.channel_value, pooled)  # = W_v X × softmax: softmax sums to 1
         return self.gate(_as_linear(self.channel_expand, context))
 
-    def _spatial_attention(self, x: torch.Tensor, x_flat: torch.Tensor) -> torch.Tensor:
-        query = torch.softmax(self.spatial_query(x).flatten(2).amax(dim=-1), dim=-1)  # (B, r)
+    def _spatial_attention(self, x: torch.Tensor, x_flat: torch.Tensor, query_map=None) -> torch.Tensor:
+        query_map = self.spatial_query(x) if query_map is None else query_map
+        query = torch.softmax(query_map.flatten(2).amax(dim=-1), dim=-1)  # (B, r)
         # queryᵀ (W_v' X + b) = (W_v'ᵀ query)ᵀ X + queryᵀ b: no (B, r, N) value map is formed.
         projected = query @ self.spatial_value.weight.flatten(1)  # (B, C)
         offset = query @ self.spatial_value.bias  # (B,)
@@ -366,6 +405,22 @@ def _reduced_width(channels: int, mode: str, rd_ratio, rd_channels, rd_divisor) 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis in at least float32: N can be ~10^6 positions."""
     return torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+def _softmax_pool(temperature: torch.Tensor, spatial: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``Σ_n softmax_N(k_c S)_n V_cn`` (B, C) without a separate softmax map.
+
+    The shift ``m_c = max_n k_c S_n`` is ``k_c max S`` or ``k_c min S`` by the sign of
+    ``k_c``; the (B, C, N) logits are written once (a fused multiply-add), exponentiated in
+    place and contracted with ``V``; their sum is the softmax's denominator. In at least
+    float32, as :func:`_softmax`.
+    """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    k, s = temperature.to(dtype), spatial.to(dtype)
+    shift = torch.maximum(k * s.amax(-1, keepdim=True), k * s.amin(-1, keepdim=True))  # (B, C)
+    weights = torch.exp_(torch.addcmul(-shift[:, :, None], k[:, :, None], s[:, None, :]))  # (B, C, N)
+    numerator = torch.einsum("bcn,bcn->bc", weights, values.to(dtype))
+    return numerator / weights.sum(-1)
 
 
 def _as_linear(conv: nn.Module, pooled: torch.Tensor) -> torch.Tensor:

@@ -435,3 +435,45 @@ def test_input_shape_validation():
         DSM(8, mode="spatial").channel_attention(torch.zeros(1, 8, 4, 4))
     with pytest.raises(ValueError, match="no spatial branch"):
         DSM(8, mode="channel").spatial_attention(torch.zeros(1, 8, 4, 4))
+
+
+# ----------------------------------------------------------------------------- fast path vs the reference
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("gate_layer", ["sigmoid", "tanh"])
+def test_fast_block_equals_the_reference(mode, spatial_dims, gate_layer):
+    """Outputs and the gradients of the input and of every parameter, float32, 1e-5. The
+    paper's block (no gamma) and a tanh gate (signed temperatures: the shift's other
+    branch) are included."""
+    import copy
+
+    torch.manual_seed(len(mode) + spatial_dims)
+    fast = DSM(24, spatial_dims=spatial_dims, mode=mode, rd_ratio=1 / 4, identity_init=False, gate_layer=gate_layer)
+    reference = copy.deepcopy(fast)
+    reference.impl = "reference"
+    x = torch.randn(2, 24, *([6] * spatial_dims), requires_grad=True)
+    out_fast, out_reference = fast(x), reference(x)
+    torch.testing.assert_close(out_fast, out_reference, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out_fast)
+    grads_fast = torch.autograd.grad((out_fast * grad).sum(), [x, *fast.parameters()])
+    grads_reference = torch.autograd.grad((out_reference * grad).sum(), [x, *reference.parameters()])
+    for ours, theirs in zip(grads_fast, grads_reference):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_pool_survives_large_temperatures():
+    from medattn.blocks.dsm import _softmax_pool
+
+    temperature = torch.tensor([[300.0, -300.0]])
+    spatial = torch.tensor([[0.0, 1.0, 0.5]])
+    values = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]])
+    reference = (torch.softmax(temperature[:, :, None] * spatial[:, None, :], -1) * values).sum(-1)
+    torch.testing.assert_close(_softmax_pool(temperature, spatial, values), reference)
+    assert torch.isfinite(_softmax_pool(temperature, spatial, values)).all()
+
+
+def test_unknown_impl_is_refused():
+    with pytest.raises(ValueError, match="unknown impl 'quick'"):
+        DSM(8, impl="quick")
