@@ -73,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time every network compiled with torch.compile (minutes of compiling on CPU)")
     parser.add_argument("--skip-overhead", action="store_true", help="leave out the trainer-overhead table")
+    parser.add_argument("--threads", type=int,
+                        help="intra-op threads (default: torch's, one per core); 1 avoids the stalls of threads "
+                        "waiting for each other on a shared machine, which make 2-thread ratios swing by 20 %%")
+    parser.add_argument("--presets", nargs="+", metavar="PRESET",
+                        help=f"measure only these presets (default: all of {[p[0] for p in PRESET_PAIRS]})")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time each preset with its blocks' impl='reference' (the papers' equations as "
+                        "written): the before/after of the fast paths, side by side in the same rounds")
     parser.add_argument("--markdown", help="also write the tables to this file")
 
 
@@ -83,13 +91,26 @@ def run(args) -> int:
     from medattn.pipelines.bench_blocks import machine_description
 
     device = resolve_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     rounds, epochs = (3, 3) if args.quick else (args.rounds, args.epochs)
     if rounds < 1 or epochs < 2:
         raise ValueError(f"--rounds must be at least 1 and --epochs at least 2, got {rounds}, {epochs}")
     load_before = os.getloadavg()
     overhead = None if args.skip_overhead else bench_trainer_overhead(
         device, epochs, batch=16 if args.quick else 32, per_class=32 if args.quick else 128)
-    presets = bench_presets(QUICK_PAIRS if args.quick else PRESET_PAIRS, device, rounds, compiled=args.compile)
+    pairs = QUICK_PAIRS if args.quick else PRESET_PAIRS
+    if args.presets:
+        unknown = sorted(set(args.presets) - {p[0] for p in pairs})
+        if unknown:
+            raise ValueError(f"unknown preset(s) {unknown}; choose among {[p[0] for p in pairs]}")
+        pairs = [p for p in pairs if p[0] in args.presets]
+    presets = bench_presets(pairs, device, rounds, compiled=args.compile,
+                            reference=args.reference)
     machine = machine_description(device, load_before)
     text = _markdown(overhead, presets, machine, args) + "\n" + goal_table(presets, QUICK_GOALS if args.quick
                                                                             else GOALS, args.compile)
@@ -154,9 +175,10 @@ def bench_trainer_overhead(device, epochs: int, batch: int, per_class: int = 128
             "samples": len(dataset), "trainer_samples_s": trainer_s, "bare_samples_s": bare_s}
 
 
-def bench_presets(pairs, device, rounds: int, compiled: bool = False) -> list[dict]:
+def bench_presets(pairs, device, rounds: int, compiled: bool = False, reference: bool = False) -> list[dict]:
     """Training-step and inference time of each preset and its stock backbone, interleaved
-    (with ``compiled``, also of their ``torch.compile`` forms), and their forward FLOPs."""
+    (with ``compiled``, also of their ``torch.compile`` forms; with ``reference``, also of
+    the preset built with ``impl="reference"``), and their forward FLOPs."""
     import statistics
 
     import torch
@@ -167,11 +189,11 @@ def bench_presets(pairs, device, rounds: int, compiled: bool = False) -> list[di
 
     networks, shapes = {}, {}
     for preset, stock, size, batch in pairs:
-        for name in (stock, preset):
+        for name in (stock, preset) + ((f"{preset}:reference",) if reference and _has_reference(preset) else ()):
             key = (name, size, batch)
             if key not in networks:
                 torch.manual_seed(0)
-                networks[key] = images.create(name, num_classes=100 if size == 32 else 1000).to(device)
+                networks[key] = _network(name, 100 if size == 32 else 1000).to(device)
                 shapes[key] = torch.randn(batch, 3, size, size, device=device)
     steps, flops = {}, {}
     for key, network in networks.items():
@@ -196,8 +218,36 @@ def bench_presets(pairs, device, rounds: int, compiled: bool = False) -> list[di
         for kind in ("train", "infer") + (("train_compiled", "infer_compiled") if compiled else ()):
             ours, base = median[(kind, preset, size, batch)], median[(kind, stock, size, batch)]
             row[f"{kind}_s"], row[f"{kind}_stock_s"], row[f"{kind}_ratio"] = ours, base, ours / base
+            if reference and (kind, f"{preset}:reference", size, batch) in median:
+                row[f"{kind}_reference_ratio"] = median[(kind, f"{preset}:reference", size, batch)] / base
         rows.append(row)
     return rows
+
+
+#: Blocks with ``impl="fast"|"reference"`` (the others have one implementation).
+BLOCKS_WITH_REFERENCE = ("dsm", "sna", "dia", "dia_light")
+
+
+def _has_reference(name: str) -> bool:
+    from medattn import placement
+    from medattn.images.named_presets import preset
+
+    attention = preset(name).attention
+    return attention is not None and placement.parse(attention).block in BLOCKS_WITH_REFERENCE
+
+
+def _network(name: str, num_classes: int):
+    """A preset, a stock backbone, or ``"<preset>:reference"``: the preset with every block's
+    ``impl="reference"``."""
+    from medattn import images, placement
+    from medattn.images.named_presets import preset
+
+    if not name.endswith(":reference"):
+        return images.create(name, num_classes=num_classes)
+    chosen = preset(name.split(":")[0])
+    spec = placement.parse(chosen.attention)
+    slow = placement.Placement(spec.block, spec.position, spec.stages, {**spec.options, "impl": "reference"})
+    return images.create(chosen.backbone, num_classes=num_classes, attention=slow)
 
 
 def _forward_flops(network, x) -> int:
@@ -257,7 +307,9 @@ def _infer_step(network, x):
 
 def _markdown(overhead: dict | None, presets: list[dict], machine: dict, args) -> str:
     command = "medattn bench image" + (" --quick" if args.quick else f" --rounds {args.rounds} --epochs {args.epochs}")
-    command += " --compile" * args.compile + " --skip-overhead" * args.skip_overhead
+    command += " --compile" * args.compile + " --skip-overhead" * args.skip_overhead + " --reference" * args.reference
+    command += (" --presets " + " ".join(args.presets)) if args.presets else ""
+    command += f" --threads {args.threads}" if args.threads else ""
     lines = [
         f"`{command} --device {args.device}` on {machine['cpu']} ({machine['cpus_available']} CPUs available, "
         f"torch {machine['torch']}, {machine['torch_threads']} threads, device {machine['device']}); load average "
@@ -274,8 +326,10 @@ def _markdown(overhead: dict | None, presets: list[dict], machine: dict, args) -
         ]
     lines += [
         "| preset | stock | input | batch | params added | FLOPs | training step | ratio | inference | ratio |"
-        + (" compiled training | compiled inference |" if args.compile else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""),
+        + (" compiled training | compiled inference |" if args.compile else "")
+        + (" reference impl: training | inference |" if args.reference else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else "")
+        + ("---|---|" if args.reference else ""),
     ]
     for row in presets:
         lines.append(
@@ -283,5 +337,7 @@ def _markdown(overhead: dict | None, presets: list[dict], machine: dict, args) -
             f"{row['flops_ratio']:.3f}× | "
             f"{row['train_s'] * 1e3:.1f} ms vs {row['train_stock_s'] * 1e3:.1f} | {row['train_ratio']:.3f} | "
             f"{row['infer_s'] * 1e3:.1f} ms vs {row['infer_stock_s'] * 1e3:.1f} | {row['infer_ratio']:.3f} |"
-            + (f" {row['train_compiled_ratio']:.3f} | {row['infer_compiled_ratio']:.3f} |" if args.compile else ""))
+            + (f" {row['train_compiled_ratio']:.3f} | {row['infer_compiled_ratio']:.3f} |" if args.compile else "")
+            + ((f" {row['train_reference_ratio']:.3f} | {row['infer_reference_ratio']:.3f} |"
+                if "train_reference_ratio" in row else " — | — |") if args.reference else ""))
     return "\n".join(lines) + "\n"

@@ -114,7 +114,7 @@ PER_BLOCK_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 _NUM_GATES = 4  # i, f, g, o
 
 #: Options of the DIA-LSTM units ("lstm", "light") accepted by :func:`create_unit`.
-LSTM_UNIT_OPTIONS = ("rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer", "impl")
+LSTM_UNIT_OPTIONS = ("rd_ratio", "rd_channels", "rd_divisor", "act_layer", "gate_layer", "impl", "identity_init")
 #: ``impl`` of the DIA-LSTM cell: "fast" (default) or "reference" (the equations as written, the test oracle).
 IMPLS = ("fast", "reference")
 
@@ -289,6 +289,9 @@ class DIAUnit(nn.Module):
         light: use DIA-LSTM (Light) (see :class:`DIALSTMCell`).
         **cell_kwargs: ``rd_channels``, ``rd_divisor``, ``act_layer``, ``gate_layer``,
             ``impl`` of :class:`DIALSTMCell`.
+        identity_init: recalibrate by ``h' = 1 + γ ⊙ (h − 1)`` with ``γ`` (one per channel,
+            shared by the stage like the cell) initialised to zero, so that the stage starts
+            as the stock one; ``channels`` parameters. Off by default (the paper's unit).
 
     Shapes:
         ``forward(x, state=None) -> (y, (h, c))`` with x, y (B, C, *spatial) and h, c (B, C);
@@ -309,12 +312,19 @@ class DIAUnit(nn.Module):
         act_layer: LayerSpec = "relu",
         gate_layer: LayerSpec = "sigmoid",
         impl: str = "fast",
+        identity_init: bool = False,
     ):
         super().__init__()
         check_channels(channels)
         check_spatial_dims(spatial_dims)
+        if not isinstance(identity_init, bool):
+            raise ValueError(f"identity_init must be True or False, got {identity_init!r}")
         self.channels = channels
         self.spatial_dims = spatial_dims
+        if identity_init:
+            self.gamma = nn.Parameter(torch.zeros(channels))
+        else:
+            self.register_parameter("gamma", None)
         self.cell = DIALSTMCell(
             channels,
             rd_ratio=rd_ratio,
@@ -330,7 +340,9 @@ class DIAUnit(nn.Module):
         check_input(x, self.channels, self.spatial_dims, type(self).__name__)
         pooled = x.mean(dim=tuple(range(2, x.ndim)))
         h_t, c_t = self.cell(pooled, state)
-        attention = h_t.reshape(h_t.shape + (1,) * (x.ndim - 2))
+        # identity_init: h' = 1 + γ ⊙ (h − 1); the LSTM state stays h
+        gate = h_t if self.gamma is None else 1 + self.gamma.to(h_t.dtype) * (h_t - 1)
+        attention = gate.reshape(gate.shape + (1,) * (x.ndim - 2))
         return x * attention, (h_t, c_t)
 
 

@@ -555,6 +555,10 @@ class SpectralNormAttention(nn.Module):
         volume_mode: 3D only: "slices" or "tensor" (see Decisions).
         slice_axis: 3D "slices" only: spatial axis cut into slices, 0 (D), 1 (H) or 2 (W).
         eps: norm floor of the iterations.
+        identity_init: add a zero-initialised scale ``γ`` per channel, ``y = x + γ ⊙ (x ⊙ w − x)``,
+            so that the block starts as the identity (a network with it equals the stock
+            network at step 0, and a stock checkpoint fine-tunes from its own function);
+            ``channels`` parameters. Off by default: the paper's block has no parameters.
         impl: "fast" (default) or "reference": how :func:`top_singular_triplets` runs the
             matrix power iteration (the same iterates; "reference" is the test oracle).
             HOPM ("tensor" mode) has one implementation.
@@ -580,6 +584,7 @@ class SpectralNormAttention(nn.Module):
         slice_axis: int = 0,
         eps: float = DEFAULT_EPS,
         impl: str = "fast",
+        identity_init: bool = False,
     ) -> None:
         super().__init__()
         check_channels(channels)
@@ -609,11 +614,19 @@ class SpectralNormAttention(nn.Module):
         self.slice_axis = slice_axis
         self.eps = eps
         self.impl = impl
+        if not isinstance(identity_init, bool):
+            raise ValueError(f"identity_init must be True or False, got {identity_init!r}")
+        if identity_init:
+            self.gamma = nn.Parameter(torch.zeros(channels))
+        else:
+            self.register_parameter("gamma", None)
 
     def extra_repr(self) -> str:
         text = f"{self.channels}, spatial_dims={self.spatial_dims}, rank={self.rank}, method={self.method!r}"
         if self.method == "power":
             text += f", n_iter={self.n_iter}, tol={self.tol}, detach={self.detach}"
+        if self.gamma is not None:
+            text += ", identity_init=True"
         if self.spatial_dims == 3:
             text += f", volume_mode={self.volume_mode!r}"
             if self.volume_mode == "slices":
@@ -624,10 +637,17 @@ class SpectralNormAttention(nn.Module):
         """Re-weight ``x`` (B, C, *spatial) by its spectral attention map; same shape and dtype."""
         check_input(x, self.channels, self.spatial_dims, "SpectralNormAttention")
         if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
-            return x * self._weights(x)  # already the compute dtype: no context, no casts
+            return x * self._gate(self._weights(x))  # already the compute dtype: no context, no casts
         with torch.autocast(device_type=x.device.type, enabled=False):
             x_full = x.to(_compute_dtype(x))
-            return (x_full * self._weights(x_full)).to(x.dtype)
+            return (x_full * self._gate(self._weights(x_full))).to(x.dtype)
+
+    def _gate(self, weights: Tensor) -> Tensor:
+        """The spatial weights, or with ``identity_init`` ``1 + γ ⊙ (weights − 1)`` per channel."""
+        if self.gamma is None:
+            return weights
+        gamma = self.gamma.to(weights.dtype).view(1, -1, *([1] * self.spatial_dims))
+        return 1 + gamma * (weights - 1)
 
     def attention_map(self, x: Tensor) -> Tensor:
         """The weights ``N * softmax(M_hat)`` of shape (B, 1, *spatial), mean 1 per sample,

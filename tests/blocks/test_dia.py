@@ -646,3 +646,20 @@ def test_fast_unit_equals_the_reference_over_a_stage(light, gate_layer, spatial_
 def test_unknown_impl_is_refused():
     with pytest.raises(ValueError, match="unknown impl 'quick'"):
         DIAUnit(8, impl="quick")
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_identity_init_starts_as_the_identity_and_opens_to_the_paper_unit(light):
+    torch.manual_seed(0)
+    unit = DIAUnit(8, spatial_dims=3, light=light, identity_init=True)
+    paper = DIAUnit(8, spatial_dims=3, light=light)
+    paper.load_state_dict(unit.state_dict(), strict=False)
+    assert sum(p.numel() for p in unit.parameters()) - sum(p.numel() for p in paper.parameters()) == 8
+    x = torch.randn(2, 8, 4, 4, 4)
+    y, state = unit(x)
+    assert torch.equal(y, x)
+    _, paper_state = paper(x)
+    torch.testing.assert_close(state, paper_state)  # the LSTM state is the paper's either way
+    with torch.no_grad():
+        unit.gamma.fill_(1.0)
+    torch.testing.assert_close(unit(x)[0], paper(x)[0], rtol=1e-6, atol=1e-6)

@@ -609,3 +609,19 @@ def test_impl_is_checked():
         SpectralNormAttention(4, impl="quick")
     with pytest.raises(ValueError, match="unknown impl 'quick'"):
         top_singular_triplets(torch.ones(2, 3, 3), 2, impl="quick")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_identity_init_starts_as_the_identity_and_opens_to_the_paper_block(spatial_dims):
+    x = torch.randn(2, 6, *([7] * spatial_dims), generator=_generator(3), requires_grad=True)
+    block = SpectralNormAttention(6, spatial_dims=spatial_dims, identity_init=True)
+    assert sum(p.numel() for p in block.parameters()) == 6  # one scale per channel
+    out = block(x)
+    assert torch.equal(out, x)
+    out.square().sum().backward()
+    assert block.gamma.grad is not None and block.gamma.grad.abs().sum() > 0
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    paper = SpectralNormAttention(6, spatial_dims=spatial_dims)
+    torch.testing.assert_close(block(x), paper(x), rtol=1e-6, atol=1e-6)
+    assert sum(p.numel() for p in paper.parameters()) == 0

@@ -340,3 +340,21 @@ def test_stock_networks_script_except_deep_supervised_dynunet():
     torch.jit.script(tiny("dynunet", deep_supervision=False).eval())
     with pytest.raises(Exception):
         torch.jit.script(tiny("dynunet").eval())
+
+
+#: Blocks that start as the identity: DSM by default, SNA and DIA with ``identity_init``.
+IDENTITY_STARTS = ("dsm", 'sna{"identity_init": true}', 'dia{"identity_init": true}',
+                   'dia_light{"identity_init": true}')
+
+
+@pytest.mark.parametrize("attention", IDENTITY_STARTS)
+@pytest.mark.parametrize("name", NETWORKS)
+def test_identity_start_equals_the_stock_network_at_initialisation(name, attention):
+    """Each block at the engine's default position: the network with it computes the stock
+    network's function at step 0 (to 1e-6), so a stock checkpoint fine-tunes from itself."""
+    torch.manual_seed(0)
+    network = tiny(name, attention=attention).eval()
+    plain = plain_twin(network).eval()
+    x = make_input(name, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), plain(x), rtol=0, atol=1e-6)

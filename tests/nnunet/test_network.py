@@ -235,3 +235,19 @@ def test_a_position_the_encoder_lacks_lists_the_ones_it_has(managers):
     if _encoder_type(managers) == "plain":
         with pytest.raises(ValueError, match="no position 'before_add'"):
             insert_attention(_build(managers), "sna@before_add")
+
+
+@pytest.mark.parametrize("attention", ["dsm", 'sna{"identity_init": true}', 'dia{"identity_init": true}',
+                                       'dia_light{"identity_init": true}'])
+def test_identity_start_equals_the_stock_network_at_initialisation(managers, attention):
+    """Each block at nnU-Net's default position, with stock weights: the stock output to 1e-6."""
+    torch.manual_seed(0)
+    stock = _build(managers).eval()
+    plans_manager, configuration_manager = managers
+    network = build_network(plans_manager, configuration_manager, 1, NUM_CLASSES, True, placement=attention).eval()
+    load_stock_weights(network, {"network_weights": stock.state_dict()})
+    patch = [min(s, 32) for s in configuration_manager.patch_size]
+    x = torch.randn(1, 1, *patch, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for ours, theirs in zip(network(x), stock(x)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
