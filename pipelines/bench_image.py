@@ -14,7 +14,8 @@ Two tables, measured in one run:
 2. Preset cost. Each preset is timed against its stock backbone at the papers' settings
    (ResNet-20 and ResNet-164 at 32x32, ResNet-18 at 32x32 as the SNA paper's CIFAR-100 FPS,
    ResNet-50 at 224x224): a training step (forward, cross-entropy, backward) and an
-   inference forward pass, all variants interleaved round by round (median of the rounds).
+   inference forward pass, all variants interleaved round by round (times: median of the
+   rounds; ratios: median of each round's ratio, so that a drift between rounds cancels).
    Paper anchors: SNA-ResNet-18 on CIFAR-100 217 vs 225 FPS (+3.7 % time); DIA-LSTM on
    ResNet-164 about 12 % slower, the Light variant about 1 %.
 
@@ -217,9 +218,11 @@ def bench_presets(pairs, device, rounds: int, compiled: bool = False, reference:
                "flops_ratio": flops[(preset, size, batch)] / flops[(stock, size, batch)]}
         for kind in ("train", "infer") + (("train_compiled", "infer_compiled") if compiled else ()):
             ours, base = median[(kind, preset, size, batch)], median[(kind, stock, size, batch)]
-            row[f"{kind}_s"], row[f"{kind}_stock_s"], row[f"{kind}_ratio"] = ours, base, ours / base
+            row[f"{kind}_s"], row[f"{kind}_stock_s"] = ours, base
+            row[f"{kind}_ratio"] = _paired_ratio(samples[(kind, preset, size, batch)], samples[(kind, stock, size, batch)])
             if reference and (kind, f"{preset}:reference", size, batch) in median:
-                row[f"{kind}_reference_ratio"] = median[(kind, f"{preset}:reference", size, batch)] / base
+                row[f"{kind}_reference_ratio"] = _paired_ratio(samples[(kind, f"{preset}:reference", size, batch)],
+                                                               samples[(kind, stock, size, batch)])
         rows.append(row)
     return rows
 
@@ -248,6 +251,15 @@ def _network(name: str, num_classes: int):
     spec = placement.parse(chosen.attention)
     slow = placement.Placement(spec.block, spec.position, spec.stages, {**spec.options, "impl": "reference"})
     return images.create(chosen.backbone, num_classes=num_classes, attention=slow)
+
+
+def _paired_ratio(ours: list[float], stock: list[float]) -> float:
+    """The median over rounds of each round's ratio: both were timed in the same round,
+    seconds apart, so a drift of the machine's speed between rounds cancels in each ratio
+    (this machine's speed swings by 20-30 % within minutes)."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(ours, stock))
 
 
 def _forward_flops(network, x) -> int:

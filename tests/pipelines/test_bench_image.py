@@ -1,4 +1,4 @@
-"""``medattn bench image --quick``: both tables, ratios that are the quotients of the times shown."""
+"""``medattn bench image --quick``: the tables, ratios consistent with the times shown, the goal table."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_quick_bench_writes_the_overhead_and_preset_tables(tmp_path, capsys):
                     r"[\d.]+ \| ([\d.]+) ms vs ([\d.]+) \| ([\d.]+) \|", text)
     flops, ours, stock, ratio = (float(v) for v in row.groups())
     assert 1.0 < flops < 1.03  # SNA's only products: the small power iteration on the channel means
-    assert abs(ours / stock - ratio) < 0.02
+    assert abs(ratio / (ours / stock) - 1) < 0.15  # the median of per-round ratios vs the quotient of medians
     goal = re.search(r"\| SNA-ResNet-20 at 32², inference \(quick run\) \(`sna_resnet20`\) \| ≤ 1.02× \| ([\d.]+)× \| "
                      r"(pass|\*\*fail\*\*) \|", text)
     assert abs(float(goal.group(1)) - ratio) < 0.002 and (goal.group(2) == "pass") == (ratio <= 1.02)
