@@ -417,8 +417,10 @@ def _start_vector(sums: Tensor, fallback: Callable[[], Tensor], tensor: Tensor, 
     # |sums| <= sqrt(count) |M|_F; below 1e-6 of that bound the sums carry no direction.
     usable = torch.linalg.vector_norm(sums, dim=-1) > 1e-6 * math.sqrt(count) * frobenius
     # On CPU, reading the flag costs nothing and spares the fallback's kernels in the usual
-    # case (non-negative maps); on GPUs and under torch.compile the flag stays on the device.
-    if tensor.device.type == "cpu" and not torch.compiler.is_compiling() and bool(usable.all()):
+    # case (non-negative maps); on GPUs, under torch.compile/export and in a jit trace (which
+    # would freeze the branch taken) the flag stays on the device.
+    if (tensor.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and bool(usable.all())):
         return sums
     return torch.where(usable[..., None], sums, fallback())
 
