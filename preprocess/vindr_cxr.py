@@ -483,7 +483,6 @@ class ConvertOptions:
         yolo: also write YOLO label files.
         nnunet_dataset_id, seg_findings: also write a 2D nnU-Net dataset of these findings' box masks.
         overwrite: convert images again even when their PNG and manifest row exist.
-        progress: show a progress bar.
     """
 
     jobs: int = 2
@@ -503,7 +502,6 @@ class ConvertOptions:
     nnunet_dataset_id: int | None = None
     seg_findings: tuple[str, ...] = ()
     overwrite: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad value (before any file is read)."""
