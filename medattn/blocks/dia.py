@@ -240,11 +240,12 @@ class DIALSTMCell(nn.Module):
         """The reference step with fewer kernels (the cell runs once per block, on (B, N)
         vectors, so its cost is per-kernel overhead): one sigmoid over the i, f, o gates
         together, ``c_t = f c + i g`` as one fused multiply-add, and at the stage's first
-        block (``h = c = 0``) the hidden path's constant output from the parameters alone:
-        the Light cell's IE transforms of zero are their biases, and ``f c_0`` vanishes."""
+        block (``h = c = 0``) the hidden path evaluated on a single zero row and ``f c_0``
+        left out."""
         if state is None:
-            hidden = self.hidden_path.bias.flatten() if self.light else self.hidden_path(y.new_zeros(1, self.channels))
-            gates = self.input_path(y) + hidden
+            # one zero row, broadcast over the batch; every weight still gets its (zero)
+            # gradient, as in the reference, so optimizers treat the parameters alike
+            gates = self.input_path(y) + self.hidden_path(y.new_zeros(1, self.channels))
         else:
             gates = self.input_path(y) + self.hidden_path(state[0])
         sigmoid = torch.sigmoid(gates)

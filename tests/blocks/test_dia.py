@@ -663,3 +663,13 @@ def test_identity_init_starts_as_the_identity_and_opens_to_the_paper_unit(light)
     with torch.no_grad():
         unit.gamma.fill_(1.0)
     torch.testing.assert_close(unit(x)[0], paper(x)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("light", [False, True])
+def test_fast_cell_gives_every_parameter_a_gradient_in_a_one_block_stage(light):
+    """A stage of one block runs only the first step (h = c = 0): every weight still gets a
+    gradient (zero for the hidden path), as in the reference, so weight decay treats them alike."""
+    unit = DIAUnit(6, light=light)
+    y, _ = unit(torch.randn(2, 6, 4, 4))
+    y.sum().backward()
+    assert all(p.grad is not None for p in unit.parameters())
