@@ -185,7 +185,6 @@ def bench_presets(pairs, device, rounds: int, compiled: bool = False, reference:
     import torch
     from tqdm.auto import tqdm
 
-    from medattn import images
     from medattn.pipelines.bench_blocks import time_interleaved
 
     networks, shapes = {}, {}
