@@ -523,7 +523,12 @@ class ConvertOptions:
 
     @property
     def resize_text(self) -> str:
-        return "none" if self.resize is None else f"{self.resize_mode} {self.resize}"
+        return _resize_text(self.resize, self.resize_mode)
+
+
+def _resize_text(resize: int | None, mode: str) -> str:
+    """The manifest's ``resize`` column: what a resumed run compares."""
+    return "none" if resize is None else f"{mode} {resize}"
 
 
 MANIFEST_COLUMNS = ("image_id", "split", "path", *PixelRecord.__dataclass_fields__, "resize", "out_width",
@@ -594,9 +599,8 @@ def _convert_image(task: _ImageTask) -> dict:
     array, record = read_radiograph(task.path, task.output_bits)
     geometry = plan_resize(record.width, record.height, task.resize, task.resize_mode)
     _write_png(resize_image(array, geometry), target)
-    resize = "none" if task.resize is None else f"{task.resize_mode} {task.resize}"
     row = {"image_id": task.image_id, "split": task.folder, "path": target.relative_to(out).as_posix(),
-           **record.to_dict(), "resize": resize, **geometry.record(), "error": ""}
+           **record.to_dict(), "resize": _resize_text(task.resize, task.resize_mode), **geometry.record(), "error": ""}
     return {k: "" if v is None else str(v) for k, v in row.items()}
 
 
