@@ -21,6 +21,7 @@ BENCHMARKS = {
     "predict": "medattn.pipelines.bench_predict",
     "image": "medattn.pipelines.bench_image",
     "vindr": "medattn.pipelines.bench_vindr",
+    "study": "medattn.pipelines.bench_study",
 }
 
 

@@ -175,11 +175,42 @@ def _table_row(variant: str, run: dict, step_seconds: dict, labels: dict[int, st
 
 def interleaved_step_seconds(variants, filters, roi, batch, device, steps, seed, in_channels: int = 1,
                              num_classes: int = 3) -> dict[str, float]:
-    """Median wall seconds of one training step per variant, the variants interleaved.
+    """Median wall seconds of one training step per DynUNet variant ("plain" or a
+    placement text), measured by :func:`interleaved_step_costs` on random data."""
+    from medattn.networks.builders import create
 
-    Each round runs one step of every variant, in an order rotated from round to round, so
-    that a change in the machine's load affects all variants alike; two warm-up rounds
-    are not timed.
+    networks = {
+        variant: create("dynunet", 3, in_channels, num_classes, attention=None if variant == "plain" else variant,
+                        filters=filters, patch_size=roi, spacing=[1.0] * len(roi))
+        for variant in variants
+    }
+    costs = interleaved_step_costs(networks, (batch, in_channels, *roi), num_classes, device, steps, seed, memory=False)
+    return {variant: cost["step_s"] for variant, cost in costs.items()}
+
+
+def interleaved_step_costs(networks, input_shape, num_classes: int, device, steps: int, seed: int,
+                           memory: bool = True) -> dict[str, dict[str, float]]:
+    """Wall seconds (median) and peak memory of one training step per network, side by side.
+
+    A step is forward, DiceCELoss (over DynUNet's deep-supervision heads), backward and an
+    AdamW step, on one random batch of ``input_shape`` shared by all networks. Each round
+    runs one step of every network, in an order rotated from round to round, so that a
+    change in the machine's load affects all alike; two warm-up rounds are not timed.
+    Peak memory is measured once per network after the timing
+    (:func:`medattn.pipelines.bench_blocks.peak_memory_bytes`: above what was allocated
+    before the step; on CPU, PyTorch's allocator events).
+
+    Args:
+        networks: name to network (moved to ``device`` and set to training mode here).
+        input_shape: (B, C, *spatial) of the batch.
+        num_classes: classes of the random label map.
+        device: a ``--device`` value or torch device.
+        steps: timed rounds.
+        seed: seed of the random batch.
+        memory: also measure the peak memory.
+
+    Returns:
+        name to ``{"step_s": median seconds, "peak_bytes": bytes or None}``.
     """
     import statistics
     import time
@@ -187,35 +218,41 @@ def interleaved_step_seconds(variants, filters, roi, batch, device, steps, seed,
     import torch
     from monai.losses import DiceCELoss
 
-    from medattn.networks.builders import create
     from medattn.networks.training import deep_supervision_loss, resolve_device
+    from medattn.pipelines.bench_blocks import peak_memory_bytes
 
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, in_channels, *roi, generator=generator).to(device)
-    labels = torch.randint(0, num_classes, (batch, 1, *roi), generator=generator).float().to(device)
+    images = torch.randn(*input_shape, generator=generator).to(device)
+    labels = torch.randint(0, num_classes, (input_shape[0], 1, *input_shape[2:]), generator=generator).float().to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    runs = {}
-    for variant in variants:
-        network = create("dynunet", 3, in_channels, num_classes, attention=None if variant == "plain" else variant,
-                         filters=filters, patch_size=roi, spacing=[1.0] * len(roi)).to(device).train()
-        runs[variant] = (network, torch.optim.AdamW(network.parameters(), lr=1e-3))
-    times = {variant: [] for variant in variants}
-    for round_index in range(steps + 2):
-        order = variants[round_index % len(variants):] + variants[: round_index % len(variants)]
-        for variant in order:
-            network, optimizer = runs[variant]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
+    names = list(networks)
+    steps_of = {}
+    for name, network in networks.items():
+        network.to(device).train()
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
+
+        def step(network=network, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             deep_supervision_loss(network(images), labels, loss_fn).backward()
             optimizer.step()
+
+        steps_of[name] = step
+    times = {name: [] for name in names}
+    for round_index in range(steps + 2):
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            steps_of[name]()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if round_index >= 2:
-                times[variant].append(time.perf_counter() - started)
-    return {variant: statistics.median(values) for variant, values in times.items()}
+                times[name].append(time.perf_counter() - started)
+    return {name: {"step_s": statistics.median(times[name]),
+                   "peak_bytes": peak_memory_bytes(steps_of[name], device) if memory else None}
+            for name in names}
 
 
 def _epoch_seconds(history, key) -> float:

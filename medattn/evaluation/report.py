@@ -144,7 +144,7 @@ def _settings(summary: dict) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- Markdown
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def line(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -160,24 +160,24 @@ def markdown_report(result) -> str:
     parts += [f"- **{key}**: {value}" for key, value in _settings(summary)]
     title = f"Per class, {names[0]}" if result.comparison is not None else "Per class"
     parts += ["", f"## {title}", "", "Mean ± sample standard deviation over cases; NaN values are excluded "
-              "and counted.", "", _md_table(*_class_table(result.per_class, result.mean, units))]
+              "and counted.", "", md_table(*_class_table(result.per_class, result.mean, units))]
     if result.comparison is not None:
         parts += ["", f"## Per class, {names[1]}", "",
-                  _md_table(*_class_table(result.compare_per_class, summary["compare"]["mean"], units))]
+                  md_table(*_class_table(result.compare_per_class, summary["compare"]["mean"], units))]
         parts += ["", "## Paired comparison", "",
                   "Cases where both values are defined; two-sided Wilcoxon signed-rank test, zero "
                   "differences dropped. A wins with a higher Dice or a lower distance.", "",
-                  _md_table(*_comparison_table(result.comparison, names, units))]
-    parts += ["", "## Per case: Dice", "", _md_table(*_per_case_table(result.metrics, "dice", 4))]
+                  md_table(*_comparison_table(result.comparison, names, units))]
+    parts += ["", "## Per case: Dice", "", md_table(*_per_case_table(result.metrics, "dice", 4))]
     parts += ["", f"## Per case: HD95 ({units['distance']})", "",
-              _md_table(*_per_case_table(result.metrics, "hd95", 2))]
+              md_table(*_per_case_table(result.metrics, "hd95", 2))]
     parts += ["", "## Empty-mask conventions", "", conventions_markdown_table(), ""]
     return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- HTML
 
-_CSS = """
+REPORT_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
@@ -202,11 +202,24 @@ def _td(cell) -> str:
     return f"<td{css}>{html.escape(text)}</td>"
 
 
-def _html_table(headers, rows, plain: bool = False) -> str:
+def html_table(headers, rows, plain: bool = False) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in rows)
     css = ' class="plain"' if plain else ""
     return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_head(title: str) -> str:
+    """The start of a self-contained report page, up to and including ``<body>``."""
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # An empty data: icon stops the browser from requesting /favicon.ico.
+        '<link rel="icon" href="data:,">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{REPORT_CSS}</style></head><body>",
+    ])
 
 
 def html_report(result) -> str:
@@ -218,37 +231,31 @@ def html_report(result) -> str:
         f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>" for key, value in _settings(summary)
     )
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        # An empty data: icon stops the browser from requesting /favicon.ico.
-        '<link rel="icon" href="data:,">',
-        f"<title>Segmentation evaluation: {html.escape(Path(summary['pred_dir']).name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        html_head(f"Segmentation evaluation: {Path(summary['pred_dir']).name}"),
         "<h1>Segmentation evaluation</h1>",
         f"<dl>{settings}</dl>",
     ]
     title = f"Per class, {names[0]}" if result.comparison is not None else "Per class"
     parts += [f"<h2>{html.escape(title)}</h2>",
               '<p class="note">Mean ± sample standard deviation over cases; NaN values are excluded and counted.</p>',
-              _html_table(*_class_table(result.per_class, result.mean, units))]
+              html_table(*_class_table(result.per_class, result.mean, units))]
     if result.comparison is not None:
         parts += [f"<h2>Per class, {html.escape(names[1])}</h2>",
-                  _html_table(*_class_table(result.compare_per_class, summary["compare"]["mean"], units)),
+                  html_table(*_class_table(result.compare_per_class, summary["compare"]["mean"], units)),
                   "<h2>Paired comparison</h2>",
                   '<p class="note">Cases where both values are defined; two-sided Wilcoxon signed-rank test, '
                   "zero differences dropped. A wins with a higher Dice or a lower distance.</p>",
-                  _html_table(*_comparison_table(result.comparison, names, units), plain=True)]
+                  html_table(*_comparison_table(result.comparison, names, units), plain=True)]
     for metric, label in PLOTTED.items():
         unit = "" if metric == "dice" else f" ({units['distance']})"
         png = box_plot_png(result, metric, f"{label}{unit}")
         parts += [f"<h2>{html.escape(label)} per class</h2>",
                   f'<img alt="{html.escape(label)} box plot per class" '
                   f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">']
-    parts += ["<h2>Per case: Dice</h2>", _html_table(*_per_case_table(result.metrics, "dice", 4), plain=True),
+    parts += ["<h2>Per case: Dice</h2>", html_table(*_per_case_table(result.metrics, "dice", 4), plain=True),
               f"<h2>Per case: HD95 ({html.escape(units['distance'])})</h2>",
-              _html_table(*_per_case_table(result.metrics, "hd95", 2), plain=True),
-              "<h2>Empty-mask conventions</h2>", _html_table(*conventions_rows(), plain=True),
+              html_table(*_per_case_table(result.metrics, "hd95", 2), plain=True),
+              "<h2>Empty-mask conventions</h2>", html_table(*conventions_rows(), plain=True),
               "</body></html>", ""]
     return "\n".join(parts)
 

@@ -110,7 +110,11 @@ class TrainConfig:
         sw_batch_size: windows per sliding-window forward pass.
         sw_overlap: sliding-window overlap.
         limit_cases: use only the first N cases (sorted by id); for quick runs.
-        seed: seed of the split, the initial weights and the augmentation.
+        split: a fixed ``{"train": [case ids], "val": [case ids]}``; only these cases are
+            read, and the spacing and ROI defaults come from them alone (so a study's test
+            cases never shape the preprocessing). None: a split drawn with ``seed``.
+        seed: seed of the split (unless ``split`` is given), the initial weights and the
+            augmentation.
         device: "auto" (CUDA, then MPS, then CPU) or a torch device string.
         num_workers: data-loading worker processes.
         cache_rate: share of cases whose preprocessed volumes are kept in memory.
@@ -137,6 +141,7 @@ class TrainConfig:
     sw_batch_size: int = 4
     sw_overlap: float = 0.5
     limit_cases: int | None = None
+    split: dict | None = None
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -166,6 +171,8 @@ class TrainConfig:
             raise ValueError(f"cache_rate must be in [0, 1], got {self.cache_rate!r}")
         if self.limit_cases is not None and self.limit_cases < 2:
             raise ValueError(f"limit_cases must be at least 2, got {self.limit_cases!r}")
+        if self.split is not None:
+            self.split = _checked_split(self.split, self.limit_cases)
         self.network_kwargs = dict(self.network_kwargs or {})
         if self.roi is not None:
             self.roi = [int(v) for v in self.roi]
@@ -174,6 +181,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return builders._plain(asdict(self))
+
+
+def _checked_split(split, limit_cases) -> dict[str, list[str]]:
+    """``split`` as sorted lists; raises ValueError for a malformed or overlapping split."""
+    if limit_cases is not None:
+        raise ValueError("give either split or limit_cases, not both")
+    if not isinstance(split, dict) or set(split) != {"train", "val"}:
+        raise ValueError(f"split must be a dict with the keys 'train' and 'val', got {split!r:.200}")
+    checked = {}
+    for part in ("train", "val"):
+        ids = split[part]
+        if isinstance(ids, str) or not ids or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"split[{part!r}] must be a non-empty list of case ids, got {ids!r:.200}")
+        checked[part] = sorted(ids)
+    shared = sorted(set(checked["train"]) & set(checked["val"]))
+    if shared:
+        raise ValueError(f"split: cases {shared[:5]} are both in 'train' and in 'val'")
+    return checked
 
 
 def auto_roi(median_shape, divisor, max_size: int = 128) -> list[int]:
@@ -345,6 +370,8 @@ class Trainer:
         info = discover_dataset(cfg.data)
         if cfg.limit_cases is not None:
             info.cases = info.cases[: cfg.limit_cases]
+        if cfg.split is not None and resume_state is None:
+            info.cases = _cases_of_split(info, cfg.split, cfg.data)
         verify_dataset(info, progress=cfg.progress)
         spatial_dims = len(info.spacings[0])
         if resume_state is not None:
@@ -365,8 +392,11 @@ class Trainer:
             if len(roi) != spatial_dims:
                 raise ValueError(f"roi {roi} has {len(roi)} axes; the images have {spatial_dims}")
             transforms = TransformConfig(spacing, intensity_mode(info.channel_names), roi, cfg.samples_per_case)
-            train_ids, val_ids = split_cases([c.case_id for c in info.cases], cfg.val_fraction, cfg.seed)
-            split = {"train": train_ids, "val": val_ids}
+            if cfg.split is not None:
+                split = cfg.split
+            else:
+                train_ids, val_ids = split_cases([c.case_id for c in info.cases], cfg.val_fraction, cfg.seed)
+                split = {"train": train_ids, "val": val_ids}
             network_spec = None
         return info, transforms, split, network_spec
 
@@ -579,6 +609,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tqdm.write(message, file=sys.stderr)
+
+
+def _cases_of_split(info, split: dict, data) -> list:
+    """The cases of ``info`` that ``split`` names; ValueError naming the unknown ids."""
+    wanted = set(split["train"]) | set(split["val"])
+    missing = sorted(wanted - {c.case_id for c in info.cases})
+    if missing:
+        raise ValueError(f"split: cases {missing[:5]} are not labelled cases of {data}")
+    return [c for c in info.cases if c.case_id in wanted]
 
 
 def deep_supervision_loss(output: torch.Tensor, labels: torch.Tensor, loss_fn) -> torch.Tensor:

@@ -91,6 +91,26 @@ def test_train_config_checks_values(tmp_path):
     assert TrainConfig(data=tmp_path, out=tmp_path, attention="None").attention is None
 
 
+def test_a_fixed_split_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="both in 'train' and in 'val'"):
+        TrainConfig(data=tmp_path, out=tmp_path, split={"train": ["a", "b"], "val": ["b"]})
+    with pytest.raises(ValueError, match="keys 'train' and 'val'"):
+        TrainConfig(data=tmp_path, out=tmp_path, split={"train": ["a"]})
+    with pytest.raises(ValueError, match="non-empty list"):
+        TrainConfig(data=tmp_path, out=tmp_path, split={"train": "a", "val": ["b"]})
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(data=tmp_path, out=tmp_path, split={"train": ["a"], "val": ["b"]}, limit_cases=4)
+    assert TrainConfig(data=tmp_path, out=tmp_path, split={"train": ["b", "a"], "val": ["c"]}).split == {
+        "train": ["a", "b"], "val": ["c"]}
+
+
+def test_a_fixed_split_naming_unknown_cases_is_refused(phantom, tmp_path):
+    config = TrainConfig(data=phantom, out=tmp_path / "run", split={"train": ["phantom_000", "nope_1"],
+                                                                    "val": ["phantom_001"]}, progress=False)
+    with pytest.raises(ValueError, match=r"\['nope_1'\] are not labelled cases"):
+        training.Trainer(config).run()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
