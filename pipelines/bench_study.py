@@ -55,7 +55,7 @@ DESCRIPTION = "stock vs every block at an equal budget: several seeds, paired Wi
     __doc__.split("\n", 1)[1].strip().replace("``", "").replace(":func:", "").replace(":mod:", "")
 )
 
-ENGINES = ("monai",)
+ENGINES = ("monai", "nnunet")
 SETTINGS_FILE = "study_settings.json"
 STUDY_FORMAT = "medattn-study"
 
@@ -95,6 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     monai.add_argument("--weight-decay", type=float, default=3e-5, help="(default: 3e-5)")
     monai.add_argument("--batch-size", type=int, default=2, help="cases per step (default: 2)")
     monai.add_argument("--samples-per-case", type=int, default=1, help="crops per case per step (default: 1)")
+
+    nnunet = parser.add_argument_group("nnU-Net engine")
+    nnunet.add_argument("--configuration", default="3d_fullres", help="nnU-Net configuration (default: 3d_fullres)")
+    nnunet.add_argument("--iterations", type=int, default=50,
+                        help="nnU-Net training iterations per epoch; --steps is rounded up to whole epochs of "
+                        "them (default: 50)")
+    nnunet.add_argument("--da-workers", type=int, default=0,
+                        help="nnU-Net augmentation worker processes (nnUNet_n_proc_DA); 0, the default, augments "
+                        "in the training process from seeded generators, so every variant sees the same batches")
+    nnunet.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed per nnU-Net command")
 
     system = parser.add_argument_group("system")
     add_device_argument(system, what="training and prediction")
@@ -282,6 +292,16 @@ def link_ground_truth(data: StudyData, folder: Path) -> Path:
     return folder
 
 
+def predict_test_cases(model: Path, data: StudyData, out_dir: Path, args, **options) -> None:
+    """``medattn predict`` of every test case with ``model``; cases predicted before are kept."""
+    from medattn.inference import predict
+
+    files = [image for case in data.test_cases for image in case.images]
+    report = predict(model, files, out_dir, device=args.device, tta=not args.no_tta, progress=False, **options)
+    if report.failures:
+        raise ValueError(f"predicting with {model}: " + "; ".join(f.message for f in report.failures))
+
+
 # ----------------------------------------------------------------------------- the MONAI engine
 
 
@@ -306,6 +326,12 @@ class MonaiEngine:
         self.roi = [int(v) for v in args.roi.split(",")]
         self.steps_per_epoch = math.ceil(len(data.split["train"]) / args.batch_size)
         self.epochs = max(1, math.ceil(args.steps / self.steps_per_epoch))
+
+    def check_variants(self, variants: list[Variant]) -> None:
+        """Every placement builds in a MONAI network (checked by the builder at training)."""
+
+    def prepare(self, work: Path) -> None:
+        """Nothing to prepare: MONAI's transforms preprocess each run's cases."""
 
     def settings(self) -> dict:
         a = self.args
@@ -355,13 +381,7 @@ class MonaiEngine:
         return run_dir / (LAST if self.args.checkpoint == "last" else BEST)
 
     def predict(self, run_dir: Path, out_dir: Path) -> None:
-        from medattn.inference import predict
-
-        files = [image for case in self.data.test_cases for image in case.images]
-        report = predict(self.model(run_dir), files, out_dir, device=self.args.device, tta=not self.args.no_tta,
-                         progress=False)
-        if report.failures:
-            raise ValueError(f"predicting with {self.model(run_dir)}: " + "; ".join(f.message for f in report.failures))
+        predict_test_cases(self.model(run_dir), self.data, out_dir, self.args)
 
     def step_costs(self, variants: list[Variant], run_dirs: dict[str, Path]) -> dict[str, dict]:
         """Step time and peak memory of every variant, side by side, networks rebuilt
@@ -376,7 +396,190 @@ class MonaiEngine:
                                       seed=0)
 
 
-ENGINE_CLASSES = {"monai": MonaiEngine}
+# ----------------------------------------------------------------------------- the nnU-Net engine
+
+
+class NnunetEngine:
+    """Trains ``nnUNetTrainer<X>_study`` with ``nnUNetv2_train``; predicts with ``medattn predict``.
+
+    ``--data`` is staged as an nnU-Net raw dataset of links to the training and validation
+    cases only (the test cases never reach nnU-Net's planning), planned and preprocessed
+    once in ``--work``, and the study's split is written as fold 0 of ``splits_final.json``.
+    Each run gets its own ``nnUNet_results`` folder. A variant is a study trainer: a bare
+    block name (``dsm``, ``sna``, ``dia``) means nnUNetTrainerDSM/SNA/DIA, and a placement
+    text means the trainer that places exactly it (``sna{"identity_init": true}`` is
+    nnUNetTrainerSNAIdentity).
+    """
+
+    name = "nnunet"
+    DATASET_ID = 977
+    DATASET = "Dataset977_Study"
+
+    def __init__(self, args, data: StudyData):
+        from medattn.devices import nnunet_device_name
+
+        if args.iterations < 1:
+            raise ValueError(f"--iterations must be positive, got {args.iterations}")
+        if args.da_workers < 0:
+            raise ValueError(f"--da-workers must be non-negative, got {args.da_workers}")
+        self.args, self.data = args, data
+        self.device = nnunet_device_name(args.device)
+        self.iterations = min(args.iterations, args.steps)
+        self.epochs = math.ceil(args.steps / self.iterations)
+        self.trainers: dict[str, str] = {}
+        self.work: Path | None = None
+
+    # -- variants and data -----------------------------------------------------------------
+
+    @staticmethod
+    def study_trainers() -> dict[str, str]:
+        """Placement text (and bare short name) to study trainer name."""
+        from medattn import placement
+        from medattn.nnunet.catalog import trainer_classes
+        from medattn.nnunet.trainer import StudySchedule
+
+        found = {}
+        for name, cls in trainer_classes().items():
+            if not issubclass(cls, StudySchedule):
+                continue
+            short = name.removeprefix("nnUNetTrainer").removesuffix("_study").lower()
+            spec = placement.parse(cls.attention)
+            found[short] = name
+            found["stock" if spec is None else spec.to_text()] = name
+        return found
+
+    def check_variants(self, variants: list[Variant]) -> None:
+        known = self.study_trainers()
+        for variant in variants:
+            key = "stock" if variant.placement is None else variant.placement
+            if key not in known:
+                choices = sorted(known)
+                raise ValueError(f"--engine nnunet has no study trainer for {key!r}; choose among {choices} "
+                                 "(medattn nnunet list shows the *_study trainers)")
+            self.trainers[variant.name] = known[key]
+
+    def settings(self) -> dict:
+        return {"configuration": self.args.configuration, "iterations": self.iterations,
+                "da_workers": self.args.da_workers}
+
+    def budget(self) -> dict:
+        return {"steps": self.epochs * self.iterations, "epochs": self.epochs, "steps_per_epoch": self.iterations,
+                "asked_steps": self.args.steps}
+
+    def environment(self, results: Path, seed: int = 0) -> dict:
+        from medattn.nnunet.commands import nnunet_environment
+
+        env = nnunet_environment(self.work / "nnunet_raw", self.work / "nnunet_preprocessed", results, n_proc=2)
+        env.update(MEDATTN_STUDY_EPOCHS=str(self.epochs),
+                   MEDATTN_STUDY_ITERATIONS=str(self.iterations), MEDATTN_STUDY_VAL_ITERATIONS="2",
+                   MEDATTN_STUDY_SEED=str(seed))
+        return env
+
+    def prepare(self, work: Path) -> None:
+        """Stage, plan and preprocess the dataset (once), and write the split as fold 0."""
+        from medattn.data.io import write_json_atomic
+
+        self.work = work.resolve()
+        raw = self.work / "nnunet_raw" / self.DATASET
+        self._stage_raw(raw)
+        preprocessed = self.work / "nnunet_preprocessed" / self.DATASET
+        plans = preprocessed / "nnUNetPlans.json"
+        env = self.environment(self.work / "nnunet_results")
+        if not plans.is_file() or not (preprocessed / f"nnUNetPlans_{self.args.configuration}").is_dir():
+            self._run_or_explain("nnUNetv2_plan_and_preprocess",
+                                 ["-d", self.DATASET_ID, "-c", self.args.configuration, "-np", env["nnUNet_def_n_proc"],
+                                  "--verify_dataset_integrity"],
+                                 env, self.work / "logs" / "plan_and_preprocess.log")
+        write_json_atomic(preprocessed / "splits_final.json",
+                          [{"train": self.data.split["train"], "val": self.data.split["val"]}])
+
+    def _run_or_explain(self, name: str, arguments: list, env: dict, log_file: Path) -> None:
+        """An nnU-Net command; its failure becomes a ValueError naming the log."""
+        from medattn.nnunet.commands import NNUNetCommandError, run_nnunet
+
+        try:
+            run_nnunet(name, arguments, env, timeout=self.args.timeout, log_file=log_file)
+        except NNUNetCommandError as err:
+            raise ValueError(f"{name} failed (log: {log_file}; run the study again to resume): {err}") from None
+
+    def _stage_raw(self, raw: Path) -> None:
+        """An nnU-Net raw dataset of links to the training and validation cases."""
+        from medattn.data.io import image_suffix, write_json_atomic
+
+        info = self.data.info
+        keep = set(self.data.split["train"]) | set(self.data.split["val"])
+        cases = [case for case in info.cases if case.case_id in keep]
+        if info.layout == "msd" and len(info.channel_names) > 1:
+            raise ValueError(f"{info.root}: a multi-channel MSD dataset (4D images); convert it with "
+                             "nnUNetv2_convert_MSD_dataset and pass the nnU-Net raw folder as --data")
+        suffix = image_suffix(cases[0].label)
+        for folder in ("imagesTr", "labelsTr"):
+            (raw / folder).mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            targets = [(raw / "imagesTr" / f"{case.case_id}_{k:04d}{suffix}", image) for k, image in enumerate(case.images)]
+            targets.append((raw / "labelsTr" / f"{case.case_id}{suffix}", case.label))
+            for link, target in targets:
+                if not link.is_symlink():
+                    link.symlink_to(Path(target).resolve())
+        write_json_atomic(raw / "dataset.json", {
+            "channel_names": {str(k): name for k, name in enumerate(info.channel_names)},
+            "labels": {"background": 0, **{name: value for value, name in info.labels.items() if value != 0}},
+            "numTraining": len(cases),
+            "file_ending": suffix,
+        })
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def model(self, run_dir: Path, variant_name: str | None = None) -> Path:
+        trainer = self.trainers[variant_name or run_dir.parent.name]
+        return run_dir / self.DATASET / f"{trainer}__nnUNetPlans__{self.args.configuration}"
+
+    def train(self, variant: Variant, seed: int, run_dir: Path) -> dict:
+        import json
+
+        fold = self.model(run_dir, variant.name) / "fold_0"
+        if not (fold / "checkpoint_final.pth").is_file():
+            resume = ["--c"] if (fold / "checkpoint_latest.pth").is_file() else []
+            env = self.environment(run_dir, seed)
+            env["nnUNet_n_proc_DA"] = str(self.args.da_workers)
+            self._run_or_explain("nnUNetv2_train", [self.DATASET_ID, self.args.configuration, 0, "-tr",
+                                                    self.trainers[variant.name], "-device", self.device, *resume],
+                                 env, run_dir / "logs" / "train.log")
+        summary = fold / "validation" / "summary.json"
+        validation = None
+        if summary.is_file():
+            validation = json.loads(summary.read_text(encoding="utf-8"))["foreground_mean"]["Dice"]
+        return {"run": str(run_dir), "trainer": self.trainers[variant.name], "epochs": self.epochs,
+                "steps": self.epochs * self.iterations, "validation_mean_dice": validation}
+
+    def predict(self, run_dir: Path, out_dir: Path) -> None:
+        predict_test_cases(self.model(run_dir), self.data, out_dir, self.args, folds=[0])
+
+    def step_costs(self, variants: list[Variant], run_dirs: dict[str, Path]) -> dict[str, dict]:
+        """Step time and peak memory of every trainer's network, side by side, on the
+        configuration's batch and patch size; deep supervision off (one output head), so
+        the loss is the same DiceCE as the MONAI engine's."""
+        import json
+
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        from medattn.nnunet.catalog import get_trainer_class
+        from medattn.pipelines.bench_monai import interleaved_step_costs
+
+        preprocessed = self.work / "nnunet_preprocessed" / self.DATASET
+        plans = PlansManager(json.loads((preprocessed / "nnUNetPlans.json").read_text(encoding="utf-8")))
+        configuration = plans.get_configuration(self.args.configuration)
+        channels, classes = len(self.data.info.channel_names), self.data.info.num_classes
+        networks = {
+            v.name: get_trainer_class(self.trainers[v.name]).build_network_architecture(
+                plans, configuration, channels, classes, False)
+            for v in variants
+        }
+        shape = (configuration.batch_size, channels, *configuration.patch_size)
+        return interleaved_step_costs(networks, shape, classes, self.args.device, self.args.timing_steps, seed=0)
+
+
+ENGINE_CLASSES = {"monai": MonaiEngine, "nnunet": NnunetEngine}
 
 
 # ----------------------------------------------------------------------------- the study
@@ -443,12 +646,14 @@ def run(args) -> int:
     variants = parse_variants(args.variants)
     data = study_data(args)
     engine = ENGINE_CLASSES[args.engine](args, data)
+    engine.check_variants(variants)
     work = Path(args.work)
     settings = {"engine": args.engine, "data": str(Path(args.data).resolve()), "split": data.split,
                 "split_source": data.source, "budget": engine.budget(), "checkpoint": args.checkpoint,
                 "tta": not args.no_tta, **engine.settings()}
     _check_settings(work, settings)
     write_json_atomic(work / "split.json", {"source": data.source, **data.split})
+    engine.prepare(work)
     gt_dir = link_ground_truth(data, work / "ground_truth")
 
     started = time.perf_counter()

@@ -220,6 +220,72 @@ class BenchSchedule(TrainingSchedule):
         self.print_to_log_file("BenchSchedule: nnU-Net's final validation skipped (the benchmark predicts itself)")
 
 
+# --- The study schedule (medattn bench study --engine nnunet) ----------------------------
+
+#: Environment variables that set :class:`StudySchedule`'s budget, with their defaults.
+STUDY_SCHEDULE_ENV = {
+    "MEDATTN_STUDY_EPOCHS": 5,
+    "MEDATTN_STUDY_ITERATIONS": 50,
+    "MEDATTN_STUDY_VAL_ITERATIONS": 2,
+}
+#: The environment variable holding a study run's seed.
+STUDY_SEED_ENV = "MEDATTN_STUDY_SEED"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (what nnU-Net's loaders use)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class StudySchedule(TrainingSchedule):
+    """Mixin: one run of ``medattn bench study --engine nnunet``.
+
+    The budget (epochs, training and validation iterations per epoch) comes from
+    :data:`STUDY_SCHEDULE_ENV` and the seed from :data:`STUDY_SEED_ENV`, so that the study
+    sets them for every variant at once. The seed is applied twice:
+
+    - before nnU-Net builds the network (``initialize``): the stock network is built
+      first and the blocks are inserted after it, so every variant of a seed starts from
+      the same stock weights;
+    - before nnU-Net creates its data loaders (``get_dataloaders``): with
+      ``nnUNet_n_proc_DA=0`` (the study's default) nnU-Net augments in this process from
+      these generators, so every variant of a seed sees the same batches. With worker
+      processes nnU-Net seeds each worker itself and the streams differ.
+
+    nnU-Net's final validation runs (its Dice on the validation cases is what a study may
+    choose by). Put it first in the bases: ``class X_study(StudySchedule, X)``.
+    """
+
+    schedule_name = "study: MEDATTN_STUDY_* budget and seed"
+
+    @classmethod
+    def budget(cls) -> tuple[int, int, int]:
+        return tuple(positive_int_from_env(name, default) for name, default in STUDY_SCHEDULE_ENV.items())
+
+    @staticmethod
+    def study_seed() -> int:
+        import os
+
+        text = os.environ.get(STUDY_SEED_ENV, "0").strip()
+        if not text.isdigit():
+            raise ValueError(f"{STUDY_SEED_ENV} must be a non-negative integer, got {text!r}")
+        return int(text)
+
+    def initialize(self):
+        seed_everything(self.study_seed())
+        super().initialize()
+
+    def get_dataloaders(self):
+        seed_everything(self.study_seed() * 100_003 + 1)
+        return super().get_dataloaders()
+
+
 # --- The demo's short schedule (medattn demo, issue 7) -----------------------------------
 
 

@@ -207,3 +207,37 @@ def test_running_again_resumes_and_refuses_other_settings(study, phantom, capsys
     assert main(["bench", "study", "--data", str(phantom), "--work", str(work), "--variants", *VARIANTS,
                  "--seeds", "0", *other]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_nnunet_engine_refuses_a_placement_without_a_study_trainer(phantom, tmp_path, capsys):
+    code = main(["bench", "study", "--engine", "nnunet", "--data", str(phantom), "--work", str(tmp_path / "w"),
+                 "--variants", "sna@stage", *SMOKE])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no study trainer for 'sna@stage'" in err and "dsm" in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_nnunet_engine_trains_study_trainers_on_the_study_split(phantom, tmp_path):
+    from medattn.data.io import case_name, list_images
+
+    work = tmp_path / "nn"
+    code = main(["bench", "study", "--engine", "nnunet", "--data", str(phantom), "--work", str(work),
+                 "--variants", 'sna{"identity_init": true}', "--seeds", "0", "--iterations", "2", *SMOKE])
+    assert code == 0
+    study = json.loads((work / "study.json").read_text(encoding="utf-8"))
+    trainers = {name: runs["0"]["trainer"] for name, runs in study["runs"].items()}
+    assert trainers == {"stock": "nnUNetTrainerStock_study", "sna-identity_init_true": "nnUNetTrainerSNAIdentity_study"}
+    split = study["split"]
+    staged = sorted(case_name(p).removesuffix("_0000") for p in list_images(work / "nnunet_raw" / "Dataset977_Study" / "imagesTr"))
+    assert staged == sorted(split["train"] + split["val"])  # nnU-Net never plans on the test cases
+    folds = json.loads((work / "nnunet_preprocessed" / "Dataset977_Study" / "splits_final.json").read_text())
+    assert folds == [{"train": split["train"], "val": split["val"]}]
+    for name, trainer in trainers.items():
+        log = next((work / "runs" / name / "seed_0").rglob("training_log_*.txt")).read_text()
+        assert "epoch 0" in log.lower() and "epoch 1\n" not in log.lower()  # one epoch of 2 iterations
+        predicted = sorted(p.name for p in (work / "predictions" / name / "seed_0").glob("*.nii.gz"))
+        assert predicted == sorted(f"{case}.nii.gz" for case in split["test"])
+        assert study["runs"][name]["0"]["validation_mean_dice"] is not None
+    assert study["results"]["cost"]["sna-identity_init_true"]["peak_bytes_ratio"] >= 1

@@ -14,6 +14,7 @@ from medattn.nnunet.trainer import (
     DemoSchedule,
     RetiredTrainer,
     SmokeSchedule,
+    StudySchedule,
     nnUNetTrainerAttention,
 )
 
@@ -67,6 +68,13 @@ class nnUNetTrainerSNA(nnUNetTrainerAttention):
     legacy = ("sna@stage", "nnUNetTrainerSNA_stage")
 
 
+class nnUNetTrainerSNAIdentity(nnUNetTrainerAttention):
+    """SNA with an identity start: y = x·(1 + γ(w − 1)), γ zero-initialised per channel (C parameters per block),
+    so the network equals the stock one at step 0; at SNA's default positions."""
+
+    attention = 'sna{"identity_init": true}'
+
+
 class nnUNetTrainerSNA_stage(nnUNetTrainerAttention):
     """SNA on every stage's output (medattn < 0.2's nnUNetTrainerSNA)."""
 
@@ -101,6 +109,13 @@ class nnUNetTrainerDIA(nnUNetTrainerAttention):
     every conv layer's output."""
 
     attention = "dia"
+
+
+class nnUNetTrainerDIAIdentity(nnUNetTrainerAttention):
+    """DIA-LSTM with an identity start: each block's gate is 1 + γ(h − 1), γ zero-initialised per channel, so the
+    network equals the stock one at step 0."""
+
+    attention = 'dia{"identity_init": true}'
 
 
 class nnUNetTrainerDIALight(nnUNetTrainerAttention):
@@ -220,6 +235,33 @@ class nnUNetTrainerSNA_bench(BenchSchedule, nnUNetTrainerSNA):
 
 class nnUNetTrainerDIA_bench(BenchSchedule, nnUNetTrainerDIA):
     """nnUNetTrainerDIA on the benchmark schedule."""
+
+
+# --- Study variants (medattn bench study --engine nnunet): StudySchedule, budget and seed --
+
+
+class nnUNetTrainerStock_study(StudySchedule, nnUNetTrainerAttention):
+    """Stock nnU-Net network on the study schedule (the reference of a study)."""
+
+
+class nnUNetTrainerDSM_study(StudySchedule, nnUNetTrainerDSM):
+    """nnUNetTrainerDSM on the study schedule."""
+
+
+class nnUNetTrainerSNA_study(StudySchedule, nnUNetTrainerSNA):
+    """nnUNetTrainerSNA on the study schedule."""
+
+
+class nnUNetTrainerSNAIdentity_study(StudySchedule, nnUNetTrainerSNAIdentity):
+    """nnUNetTrainerSNAIdentity on the study schedule."""
+
+
+class nnUNetTrainerDIA_study(StudySchedule, nnUNetTrainerDIA):
+    """nnUNetTrainerDIA on the study schedule."""
+
+
+class nnUNetTrainerDIAIdentity_study(StudySchedule, nnUNetTrainerDIAIdentity):
+    """nnUNetTrainerDIAIdentity on the study schedule."""
 
 
 # --- Demo variants (medattn demo / make demo): DemoSchedule, 6 epochs x 8 iterations ------
