@@ -192,8 +192,8 @@ def interleaved_step_costs(networks, input_shape, num_classes: int, device, step
                            memory: bool = True) -> dict[str, dict[str, float]]:
     """Wall seconds (median) and peak memory of one training step per network, side by side.
 
-    A step is forward, DiceCELoss (over DynUNet's deep-supervision heads), backward and an
-    AdamW step, on one random batch of ``input_shape`` shared by all networks. Each round
+    A step is forward, DiceCELoss (over DynUNet's stacked deep-supervision heads, or over
+    nnU-Net's list of heads), backward and an AdamW step, on one random batch of ``input_shape`` shared by all networks. Each round
     runs one step of every network, in an order rotated from round to round, so that a
     change in the machine's load affects all alike; two warm-up rounds are not timed.
     Peak memory is measured once per network after the timing
@@ -226,6 +226,22 @@ def interleaved_step_costs(networks, input_shape, num_classes: int, device, step
     images = torch.randn(*input_shape, generator=generator).to(device)
     labels = torch.randint(0, num_classes, (input_shape[0], 1, *input_shape[2:]), generator=generator).float().to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    downsampled = {}
+
+    def loss_of(output):
+        if not isinstance(output, (list, tuple)):
+            return deep_supervision_loss(output, labels, loss_fn)
+        # nnU-Net's deep supervision: one head per decoder level, the label map downsampled
+        # to each (nearest), weights 1, 1/2, 1/4, ... normalised, as nnU-Net weighs them.
+        weights = [0.5**i for i in range(len(output))]
+        total = 0
+        for weight, head in zip(weights, output):
+            size = tuple(head.shape[2:])
+            if size not in downsampled:
+                downsampled[size] = torch.nn.functional.interpolate(labels, size=size, mode="nearest")
+            total = total + weight * loss_fn(head, downsampled[size])
+        return total / sum(weights)
+
     names = list(networks)
     steps_of = {}
     for name, network in networks.items():
@@ -234,7 +250,7 @@ def interleaved_step_costs(networks, input_shape, num_classes: int, device, step
 
         def step(network=network, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            deep_supervision_loss(network(images), labels, loss_fn).backward()
+            loss_of(network(images)).backward()
             optimizer.step()
 
         steps_of[name] = step

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="nnU-Net data-augmentation worker processes (default: 1)")
     parser.add_argument("--retrain", action="store_true", help="train again even if a finished training exists")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per nnU-Net command")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only plan Task04 and time one training step of every trainer against stock, "
+                        "interleaved (goal table: step time <= 1.10x, peak memory <= 1.15x); --trainers defaults "
+                        f"then to every trainer at its default position: {' '.join(DEFAULT_POSITION_TRAINERS)}")
+    parser.add_argument("--timing-steps", type=int, default=10,
+                        help="interleaved rounds of --steps-only (default: 10)")
 
 
 # --- pure parts (tested) ------------------------------------------------------------------
@@ -206,12 +212,101 @@ def format_tables(results: Mapping[str, Mapping], labels: Mapping[int, str] = CL
     return "\n".join(lines) + "\n"
 
 
+# --- training-step cost (--steps-only) ---------------------------------------------------
+
+
+def trainer_step_costs(trainers: Mapping[str, str], plans_file: Path, configuration: str, in_channels: int,
+                       num_classes: int, device: str, steps: int) -> dict[str, dict]:
+    """Step time and peak memory of each trainer's network, side by side.
+
+    Each network is built as nnU-Net builds it for training (the trainer class's
+    ``build_network_architecture`` on the plans, deep supervision on), and all are timed in
+    interleaved rounds by :func:`medattn.pipelines.bench_monai.interleaved_step_costs` on
+    one random batch of the configuration's batch and patch size.
+
+    Args:
+        trainers: name in the table to trainer class name.
+        plans_file: ``nnUNetPlans.json``.
+        configuration: e.g. "3d_fullres".
+        in_channels, num_classes: of the dataset.
+        device: a ``--device`` value.
+        steps: timed rounds.
+    """
+    import json
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medattn.nnunet.catalog import get_trainer_class
+    from medattn.pipelines.bench_monai import interleaved_step_costs
+
+    plans = PlansManager(json.loads(Path(plans_file).read_text(encoding="utf-8")))
+    config = plans.get_configuration(configuration)
+    networks = {name: get_trainer_class(trainer).build_network_architecture(plans, config, in_channels, num_classes, True)
+                for name, trainer in trainers.items()}
+    shape = (config.batch_size, in_channels, *config.patch_size)
+    costs = interleaved_step_costs(networks, shape, num_classes, device, steps, seed=0)
+    for name, network in networks.items():
+        costs[name]["parameters"] = sum(p.numel() for p in network.parameters())
+    return costs
+
+
+#: Goals of issue 15 for an nnU-Net training step, as ratios to stock.
+STEP_GOALS = {"step_s": 1.10, "peak_bytes": 1.15}
+#: Every medattn trainer at its block's default position (``--steps-only``'s default).
+DEFAULT_POSITION_TRAINERS = ("DSM", "SNA", "SNAIdentity", "DIA", "DIAIdentity", "DIALight", "DIASE", "SE", "ECA",
+                             "CBAM", "GC")
+
+
+def step_goal_table(costs: Mapping[str, Mapping], reference: str = REFERENCE) -> str:
+    """Markdown: per trainer its step time and peak memory against stock, with the goals."""
+    base = costs[reference]
+    lines = ["| trainer | params | s / step | step ×stock | goal ≤ 1.10 | peak MiB | memory ×stock | goal ≤ 1.15 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, cost in costs.items():
+        step = cost["step_s"] / base["step_s"]
+        memory = cost["peak_bytes"] / base["peak_bytes"] if base.get("peak_bytes") else math.nan
+        lines.append(
+            f"| {name} | {cost['parameters']:,} | {cost['step_s']:.3f} | {step:.3f} | "
+            f"{'pass' if step <= STEP_GOALS['step_s'] else 'fail'} | {cost['peak_bytes'] / 2**20:.0f} | "
+            f"{memory:.3f} | {'pass' if memory <= STEP_GOALS['peak_bytes'] else 'fail'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _steps_only(args, work: Path, env: dict) -> int:
+    """Plan Task04 (no preprocessing, no training) and time every trainer's step against stock."""
+    from medattn.data.io import write_json_atomic, write_text_atomic
+
+    chosen = args.trainers if args.trainers != list(DEFAULT_TRAINERS) else list(DEFAULT_POSITION_TRAINERS)
+    names = [REFERENCE] + [t for t in dict.fromkeys(chosen) if t != REFERENCE]
+    from medattn.nnunet.catalog import get_trainer_class
+
+    # the stock network: a trainer class without attention, the schedule is irrelevant here
+    trainers = {name: "nnUNetTrainerStock_bench" if name == REFERENCE else f"nnUNetTrainer{name}" for name in names}
+    for trainer in trainers.values():
+        get_trainer_class(trainer)  # a clear error for an unknown name, before planning
+    plans = _prepare_dataset(Path(args.data), work, env, args.timeout, preprocess=False)
+    loads = {"start": _load_average()}
+    costs = trainer_step_costs(trainers, plans / "nnUNetPlans.json", CONFIGURATION, 1, len(CLASS_NAMES) + 1,
+                               args.device, args.timing_steps)
+    loads["end"] = _load_average()
+    import torch
+
+    header = (f"nnU-Net {CONFIGURATION} training step (forward, deep-supervised DiceCE, backward, AdamW) on the "
+              f"Task04 plans, {args.timing_steps} interleaved rounds (median), device {args.device}, "
+              f"{torch.get_num_threads()} threads; load averages {loads}\n\n")
+    text = header + step_goal_table(costs)
+    write_json_atomic(work / "steps.json", {"costs": costs, "loads": loads, "timing_steps": args.timing_steps})
+    write_text_atomic(work / "steps.md", text)
+    print(text)
+    return 0
+
+
 # --- pipeline steps -----------------------------------------------------------------------
 
 
-def _prepare_dataset(data: Path, work: Path, env: dict, timeout: float) -> Path:
-    """Convert (MSD -> nnU-Net raw) and plan/preprocess unless already done; returns the
-    preprocessed dataset folder."""
+def _prepare_dataset(data: Path, work: Path, env: dict, timeout: float, preprocess: bool = True) -> Path:
+    """Convert (MSD -> nnU-Net raw) and plan/preprocess unless already done (with
+    ``preprocess=False``: plan only); returns the preprocessed dataset folder."""
     from medattn.nnunet.commands import run_nnunet
 
     if not (data / "dataset.json").is_file() or not (data / "imagesTr").is_dir():
@@ -229,10 +324,12 @@ def _prepare_dataset(data: Path, work: Path, env: dict, timeout: float) -> Path:
         run_nnunet("nnUNetv2_convert_MSD_dataset", ["-i", staged, "-np", env["nnUNet_def_n_proc"]], env,
                    timeout=timeout, log_file=work / "logs" / "convert.log")
     preprocessed = work / "preprocessed" / DATASET_NAME
-    if not (preprocessed / "nnUNetPlans_3d_fullres").is_dir() or not (preprocessed / "nnUNetPlans.json").is_file():
+    done = (preprocessed / "nnUNetPlans.json").is_file() and (
+        not preprocess or (preprocessed / "nnUNetPlans_3d_fullres").is_dir())
+    if not done:
         run_nnunet("nnUNetv2_plan_and_preprocess",
                    ["-d", DATASET_ID, "-c", CONFIGURATION, "-np", env["nnUNet_def_n_proc"],
-                    "--verify_dataset_integrity"],
+                    "--verify_dataset_integrity", *([] if preprocess else ["--no_pp"])],
                    env, timeout=timeout, log_file=work / "logs" / "plan_and_preprocess.log")
     return preprocessed
 
@@ -376,6 +473,8 @@ def run(args) -> int:
     trainers = [REFERENCE] + [t for t in dict.fromkeys(args.trainers) if t != REFERENCE]
     work = Path(args.work_dir).resolve()
     env = _environment(work, args)
+    if args.steps_only:
+        return _steps_only(args, work, env)
     started = time.time()
     loads = {"start": _load_average()}
     preprocessed = _prepare_dataset(Path(args.data), work, env, args.timeout)

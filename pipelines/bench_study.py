@@ -557,27 +557,14 @@ class NnunetEngine:
 
     def step_costs(self, variants: list[Variant], run_dirs: dict[str, Path]) -> dict[str, dict]:
         """Step time and peak memory of every trainer's network, side by side, on the
-        configuration's batch and patch size; deep supervision off (one output head), so
-        the loss is the same DiceCE as the MONAI engine's."""
-        import json
+        configuration's batch and patch size, deep supervision on (see
+        :func:`medattn.pipelines.bench_nnunet.trainer_step_costs`)."""
+        from medattn.pipelines.bench_nnunet import trainer_step_costs
 
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from medattn.nnunet.catalog import get_trainer_class
-        from medattn.pipelines.bench_monai import interleaved_step_costs
-
-        preprocessed = self.work / "nnunet_preprocessed" / self.DATASET
-        plans = PlansManager(json.loads((preprocessed / "nnUNetPlans.json").read_text(encoding="utf-8")))
-        configuration = plans.get_configuration(self.args.configuration)
-        channels, classes = len(self.data.info.channel_names), self.data.info.num_classes
-        networks = {
-            v.name: get_trainer_class(self.trainers[v.name]).build_network_architecture(
-                plans, configuration, channels, classes, False)
-            for v in variants
-        }
-        shape = (configuration.batch_size, channels, *configuration.patch_size)
-        return interleaved_step_costs(networks, shape, classes, self.args.device, self.args.timing_steps, seed=0)
-
+        plans = self.work / "nnunet_preprocessed" / self.DATASET / "nnUNetPlans.json"
+        trainers = {v.name: self.trainers[v.name] for v in variants}
+        return trainer_step_costs(trainers, plans, self.args.configuration, len(self.data.info.channel_names),
+                                  self.data.info.num_classes, self.args.device, self.args.timing_steps)
 
 ENGINE_CLASSES = {"monai": MonaiEngine, "nnunet": NnunetEngine}
 

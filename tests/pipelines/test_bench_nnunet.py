@@ -149,3 +149,25 @@ def test_non_msd_folder_is_named_in_the_error(tmp_path):
 def test_help_has_description_and_example(capsys):
     out = help_text(capsys, "bench", "nnunet")
     assert "Task04_Hippocampus" in out and "Example:" in out and "--val-cases" in out
+
+
+def test_step_goal_table_judges_each_trainer_against_stock():
+    costs = {"Stock": {"step_s": 2.0, "peak_bytes": 100 * 2**20, "parameters": 1000},
+             "DSM": {"step_s": 2.3, "peak_bytes": 110 * 2**20, "parameters": 1100},
+             "SNA": {"step_s": 2.1, "peak_bytes": 120 * 2**20, "parameters": 1000}}
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in bench.step_goal_table(costs).splitlines()[2:]]
+    rows = {row[0]: row for row in cells}
+    assert rows["Stock"][3:5] == ["1.000", "pass"] and rows["Stock"][6:8] == ["1.000", "pass"]
+    assert rows["DSM"][3:5] == ["1.150", "fail"] and rows["DSM"][6:8] == ["1.100", "pass"]
+    assert rows["SNA"][3:5] == ["1.050", "pass"] and rows["SNA"][6:8] == ["1.200", "fail"]
+    assert rows["DSM"][1] == "1,100" and rows["DSM"][5] == "110"
+
+
+def test_steps_only_names_an_unknown_trainer_before_planning(tmp_path, capsys):
+    from medattn.cli import main
+
+    code = main(["bench", "nnunet", "--steps-only", "--trainers", "DSMX", "--work-dir", str(tmp_path / "w"),
+                 "--data", str(tmp_path)])
+    assert code == 2
+    assert "nnUNetTrainerDSMX" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "raw").exists()
