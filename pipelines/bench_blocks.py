@@ -110,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also compare whole ResNet-50 networks with the papers' placements "
                         "(default: on with --dims 2, off with --quick)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the whole networks' inference compiled with torch.compile (a column of "
+                        "the networks and goal tables; minutes of compiling per network on CPU)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes (32^2 image, 16^3 patch, two stages each), one round, no networks")
     add_device_argument(parser, what="the measurements (MPS falls back to the CPU)")
@@ -249,6 +252,7 @@ def resolve_settings(args) -> dict:
         "power_iters": list(args.power_iters or (QUICK["power_iters"] if quick else (2, 5, 10))),
         "networks": (2 in args.dims and not quick) if args.networks is None else args.networks,
         "memory": not args.no_memory,
+        "compile": args.compile,
         "seed": args.seed,
     }
     for key in ("batch", "repeats"):
@@ -262,6 +266,8 @@ def resolve_settings(args) -> dict:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if settings["networks"] and 2 not in settings["dims"]:
         raise ValueError("--networks compares ResNet-50 networks: it needs --dims 2")
+    if settings["compile"] and not settings["networks"]:
+        raise ValueError("--compile times the whole networks: it needs --networks (and --dims 2)")
     return settings
 
 
@@ -679,11 +685,42 @@ def bench_networks(settings: dict, device, progress) -> list[dict]:
     base_label = next(iter(networks))
     for label, record in records.items():
         record |= timing_summary(train_samples[label]) | timing_summary(infer_samples[label], "inference_time")
+    if settings["compile"]:
+        progress.set_postfix_str("torch.compile", refresh=True)
+        compiled = {label: inference_step(torch.compile(n), x.detach()) for label, n in networks.items()}
+        for step in compiled.values():  # compiles (minutes on CPU), outside the timing
+            step()
+        samples = time_interleaved(compiled, settings["repeats"], settings["warmup"], device, progress)
+        for label, record in records.items():
+            record |= timing_summary(samples[label], "inference_time_compiled")
     base = records[base_label]
     for record in records.values():
         record["vs_stock"] = _ratios(record, base) | {
-            "inference_time_s": record["inference_time_s"] / base["inference_time_s"]}
+            key: record[key] / base[key] for key in ("inference_time_s", "inference_time_compiled_s") if key in record}
     return list(records.values())
+
+
+#: Goals of issue 15 that the whole ResNet-50 networks measure: (row, measure, limit, what).
+NETWORK_GOALS = [
+    ("+ SNA", "params_added", 0, "SNA adds no parameters"),
+    ("+ SNA", "infer_ratio", 1.04, "SNA-ResNet-50 at 224², inference"),
+    ("+ DSM (DSNet50-A)", "flops_ratio", 1.04, "DSNet50-A FLOPs (DSNet Table 5)"),
+    ("+ DSM (DSNet50-A)", "infer_ratio", 1.05, "DSNet50-A inference"),
+    ("+ DSM (DSNet50-B)", "infer_ratio", 1.08, "DSNet50-B inference"),
+]
+
+
+def network_goal_rows(records: list[dict]) -> list[dict]:
+    """The network records in the form :func:`medattn.pipelines.bench_image.goal_table` reads."""
+    base = records[0]
+    rows = []
+    for r in records:
+        row = {"preset": r["network"], "params_added": r["params"] - base["params"],
+               "flops_ratio": r["vs_stock"]["flops_forward"], "infer_ratio": r["vs_stock"]["inference_time_s"]}
+        if "inference_time_compiled_s" in r["vs_stock"]:
+            row["infer_ratio_compiled"] = r["vs_stock"]["inference_time_compiled_s"]
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -786,7 +823,7 @@ def collect(stages: list[StageSpec], block_specs: list[BlockSpec], settings: dic
     rounds = settings["warmup"] + settings["repeats"]
     total = len(stages) * (n_modules * (1 + rounds) + 2 * (1 + len(settings["power_iters"])) * rounds)
     if settings["networks"]:
-        total += len(resnet50_variants()) * (1 + 2 * rounds)
+        total += len(resnet50_variants()) * (1 + (3 if settings["compile"] else 2) * rounds)
     results = {"load_before": load_before, "stages": [], "blocks": [], "dia": [], "power_iteration": [],
                "networks": []}
     with tqdm(total=total, desc="bench blocks", unit="step", disable=not show_progress) as progress:
@@ -878,8 +915,13 @@ def format_markdown(results: dict) -> str:
                   "errors against float64 SVD over all matrices: max (median))", ""]
         lines += _power_table(results["power_iteration"])
     if results["networks"]:
+        from medattn.pipelines.bench_image import goal_table
+
         lines += ["", "**Whole ResNet-50 networks** (ratios against the stock network, measured side by side)", ""]
         lines += _networks_table(results["networks"])
+        compiled = "inference_time_compiled_s" in results["networks"][0]
+        lines += ["", "**Goals** (issue 15; ratios of the fastest rounds, against the stock network)", "",
+                  goal_table(network_goal_rows(results["networks"]), NETWORK_GOALS, compiled).rstrip("\n")]
     return "\n".join(lines)
 
 
@@ -942,14 +984,16 @@ def _power_table(records: list[dict]) -> list[str]:
 
 
 def _networks_table(records: list[dict]) -> list[str]:
+    compiled = "inference_time_compiled_s" in records[0]
     header = ["network", "placement", "params", "×stock", "fwd FLOPs", "×stock", "inference ms", "×stock",
-              "fwd+bwd ms", "×stock", "peak MiB", "paper"]
+              *(["compiled ms", "×stock"] if compiled else []), "fwd+bwd ms", "×stock", "peak MiB", "paper"]
     rows = []
     for r in records:
         ratio = r["vs_stock"]
+        extra = [_ms(r["inference_time_compiled_s"]), _x(ratio["inference_time_compiled_s"])] if compiled else []
         rows.append([r["network"], r["placement"], _count(r["params"]), _x(ratio["params"]),
                      _flops(r["flops_forward"]), _x(ratio["flops_forward"]), _ms(r["inference_time_s"]),
-                     _x(ratio["inference_time_s"]), _ms(r["time_s"]), _x(ratio["time_s"]),
+                     _x(ratio["inference_time_s"]), *extra, _ms(r["time_s"]), _x(ratio["time_s"]),
                      _mib(r["peak_memory_bytes"]), r["paper"]])
     return _table(header, rows)
 

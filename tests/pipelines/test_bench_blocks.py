@@ -86,6 +86,7 @@ def test_bench_help_lists_blocks(capsys):
         (["--dims", "3", "--stages-3d", "5", "--patch-size", "40"], "divisible by 2^5"),
         (["--repeats", "0"], "--repeats must be at least 1"),
         (["--dims", "3", "--networks"], "needs --dims 2"),
+        (["--compile"], "--compile times the whole networks: it needs --networks"),
     ],
 )
 def test_bad_options_fail_early_with_a_message(argv, message, capsys, tmp_path):
@@ -299,10 +300,13 @@ def test_network_variants_add_what_their_blocks_hold(tmp_path):
     from medattn import blocks
     from medattn.blocks.dia import create_unit
 
-    json_path = tmp_path / "networks.json"
+    json_path, markdown = tmp_path / "networks.json", tmp_path / "networks.md"
     code = main(["bench", "blocks", "--quick", "--dims", "2", "--stages-2d", "3", "--blocks", "eca", "--networks",
-                 "--no-memory", "--power-iters", "1", "--threads", "1", "--no-progress", "--json", str(json_path)])
+                 "--no-memory", "--power-iters", "1", "--threads", "1", "--no-progress", "--json", str(json_path),
+                 "--markdown", str(markdown)])
     assert code == 0
+    goals = markdown.read_text().split("**Goals**", 1)[1]
+    assert "| SNA adds no parameters (`+ SNA`) | 0 | +0 | pass |" in goals
     records = {r["network"]: r for r in json.loads(json_path.read_text())["networks"]}
     stock = records["ResNet-50"]["params"]
     assert stock == sum(p.numel() for p in resnet50().parameters())
@@ -327,6 +331,9 @@ def test_network_variants_add_what_their_blocks_hold(tmp_path):
         assert record["vs_stock"]["params"] == pytest.approx(record["params"] / stock)
         assert record["inference_time_s"] > 0 and record["time_s"] > 0
         assert record["peak_memory_bytes"] is None  # --no-memory
+    ratio = records["+ DSM (DSNet50-B)"]["vs_stock"]["inference_time_s"]
+    verdict = "pass" if ratio <= 1.08 else "**fail**"
+    assert f"| DSNet50-B inference (`+ DSM (DSNet50-B)`) | ≤ 1.08× | {ratio:.3f}× | {verdict} |" in goals
 
 
 # ---------------------------------------------------------------------------------------
