@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed shared by every variant (default: 0)")
     parser.add_argument("--timing-steps", type=int, default=15,
                         help="interleaved training steps per variant for the speed ratio (default: 15)")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="no training: time one training step of every variant against plain DynUNet on "
+                        "random data of the training shape, interleaved, with the issue-15 goal table (step time "
+                        "<= 1.15x plain) and peak memory; --data is not read")
     parser.add_argument("--markdown", help="also write the table to this file")
 
 
@@ -65,6 +69,8 @@ def run(args) -> int:
     from medattn.networks.data import discover_dataset
 
     data, work = Path(args.data), Path(args.work)
+    if args.steps_only:
+        return _steps_only(args)
     if not (data / "dataset.json").is_file():
         print(f"bench monai: {data} is not a dataset folder (no dataset.json)")
         return 2
@@ -90,6 +96,40 @@ def run(args) -> int:
     rows = [_table_row(variant, runs[variant], step_seconds, labels, work) for variant in variants]
     text = "\n".join([_header(len(split["train"]), len(split["val"]), args, time.perf_counter() - started),
                       *_table_head(labels), *rows]) + "\n"
+    print(text)
+    if args.markdown:
+        write_text_atomic(args.markdown, text)
+    return 0
+
+
+#: Goal of issue 15: a DynUNet training step with a block, as a ratio to plain DynUNet.
+STEP_GOAL = 1.15
+
+
+def _steps_only(args) -> int:
+    """Interleaved training steps of every variant, the goal table printed (and written)."""
+    import torch
+
+    from medattn import placement
+    from medattn.data.io import write_text_atomic
+    from medattn.networks.builders import create
+
+    filters = [int(v) for v in args.filters.split(",")]
+    roi = [int(v) for v in args.roi.split(",")]
+    variants = ["plain"] + [placement.parse(a).to_text() for a in args.attention if placement.parse(a) is not None]
+    networks = {v: create("dynunet", 3, 1, 3, attention=None if v == "plain" else v, filters=filters, patch_size=roi,
+                          spacing=[1.0] * len(roi)) for v in variants}
+    batch = args.batch_size * args.samples_per_case
+    costs = interleaved_step_costs(networks, (batch, 1, *roi), 3, args.device, args.timing_steps, args.seed)
+    base = costs["plain"]
+    lines = [f"DynUNet (filters {args.filters}) training step on a random batch {batch} x 1 x {args.roi}, "
+             f"{args.timing_steps} interleaved rounds (median), {torch.get_num_threads()} threads", "",
+             "| variant | s / step | step ×plain | goal ≤ 1.15 | peak MiB | memory ×plain |", "|---|---|---|---|---|---|"]
+    for variant, cost in costs.items():
+        ratio = cost["step_s"] / base["step_s"]
+        lines.append(f"| {variant} | {cost['step_s']:.3f} | {ratio:.3f} | {'pass' if ratio <= STEP_GOAL else 'fail'} | "
+                     f"{cost['peak_bytes'] / 2**20:.0f} | {cost['peak_bytes'] / base['peak_bytes']:.3f} |")
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
         write_text_atomic(args.markdown, text)

@@ -80,3 +80,19 @@ def test_tiny_run_reports_what_it_trained(phantom, tmp_path, capsys):
     assert float(rows["plain"][-3]) == 1.0  # step time ratio of the reference
     assert int(rows["sna"][1].replace(",", "")) == int(rows["plain"][1].replace(",", ""))  # SNA is parameter-free
     assert int(rows["dsm"][1].replace(",", "")) > int(rows["plain"][1].replace(",", ""))
+
+
+def test_steps_only_times_every_variant_against_plain_with_the_goal(tmp_path, capsys):
+    markdown = tmp_path / "steps.md"
+    code = main(["bench", "monai", "--steps-only", "--attention", "dsm", "sna", "--filters", "8,16,32",
+                 "--roi", "16,16,16", "--batch-size", "1", "--samples-per-case", "1", "--timing-steps", "1",
+                 "--device", "cpu", "--data", str(tmp_path / "never_read"), "--markdown", str(markdown)])
+    assert code == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")]
+    assert [r[0] for r in rows] == ["plain", "dsm", "sna"]
+    for name, seconds, ratio, verdict, _, memory in rows:
+        plain = float(rows[0][1])
+        assert float(ratio) == pytest.approx(float(seconds) / plain, rel=0.05)  # seconds are printed rounded
+        assert verdict == ("pass" if float(ratio) <= 1.15 else "fail")
+    assert float(rows[1][5]) > 1  # DSM's maps cost memory on top of plain's
