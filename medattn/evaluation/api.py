@@ -161,6 +161,7 @@ def evaluate_folders(
     missing_as_empty: bool = False,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    images: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Score every prediction in ``pred_dir`` against ``gt_dir`` (Dice, HD95, ASSD, volumes).
 
@@ -183,6 +184,9 @@ def evaluate_folders(
         missing_as_empty: score a missing prediction as an empty mask instead of failing.
         out_dir: if given, write metrics.csv, summary.json, report.md and report.html there.
         progress: show a tqdm progress bar on stderr.
+        images: folder of the intensity images (``CASE.nii.gz`` or ``CASE_0000.nii.gz``)
+            under the report's case pictures (:mod:`medattn.evaluation.pictures`); None
+            draws the label contours alone.
 
     Returns:
         The :class:`EvaluationResult`.
@@ -200,6 +204,8 @@ def evaluate_folders(
         raise ValueError(f"unknown spacing mode {spacing!r}; choose one of {list(SPACING_MODES)}")
     if not isinstance(jobs, int) or jobs < 0:
         raise ValueError(f"jobs must be a non-negative integer, got {jobs!r}")
+    if images is not None and not Path(images).is_dir():
+        raise ValueError(f"--images {images}: not a folder")
     if out_dir is not None:  # an unusable --out is found before any metric is computed
         from medattn.data.io import check_output_folder, remove_stale_temporaries
 
@@ -223,6 +229,7 @@ def evaluate_folders(
         pred_folders, gt_dir, label_map, scored, convention, spacing, units,
         [r.case for r in results], per_class, means, comparison, unmatched, missing,
     )
+    summary["images_dir"] = None if images is None else str(images)
     result = EvaluationResult(
         metrics=tables[0],
         per_class=per_class[0],

@@ -98,6 +98,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="score a missing prediction as an empty mask instead of failing",
     )
+    parser.add_argument("--images", metavar="DIR",
+                        help="intensity images (CASE.nii.gz or CASE_0000.nii.gz) under the report's case pictures "
+                        "(best, median and worst case per class); without it the pictures show the contours alone")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     kinds = parser.add_subparsers(dest="evaluate_kind", metavar="KIND", required=False)
     _add_detection(kinds)
@@ -130,6 +133,7 @@ def run(args) -> int:
             missing_as_empty=args.missing_as_empty,
             out_dir=args.out,
             progress=not args.no_progress,
+            images=args.images,
         )
     except (ValueError, OSError) as err:
         print(f"medattn evaluate: error: {err}", file=sys.stderr)

@@ -252,12 +252,26 @@ def html_report(result) -> str:
         parts += [f"<h2>{html.escape(label)} per class</h2>",
                   f'<img alt="{html.escape(label)} box plot per class" '
                   f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">']
+    parts += _case_pictures_section(result)
     parts += ["<h2>Per case: Dice</h2>", html_table(*_per_case_table(result.metrics, "dice", 4), plain=True),
               f"<h2>Per case: HD95 ({html.escape(units['distance'])})</h2>",
               html_table(*_per_case_table(result.metrics, "hd95", 2), plain=True),
               "<h2>Empty-mask conventions</h2>", html_table(*conventions_rows(), plain=True),
               "</body></html>", ""]
     return "\n".join(parts)
+
+
+def _case_pictures_section(result) -> list[str]:
+    from medattn.evaluation.pictures import case_pictures, pictures_html
+
+    images = result.summary.get("images_dir")
+    where = ("on the intensity images of " + html.escape(images)) if images else \
+        "on a blank background (pass --images for the intensity images)"
+    note = (f"Per class the best, median and worst case by Dice: the axial slice where the ground truth is largest, "
+            f"ground-truth contour (green), prediction A (red){', B (blue)' if result.comparison is not None else ''}, "
+            f"{where}.")
+    return ["<h2>Cases: best, median and worst per class</h2>", f'<p class="note">{note}</p>',
+            pictures_html(case_pictures(result, images))]
 
 
 def box_plot_png(result, metric: str, axis_label: str) -> bytes:

@@ -70,7 +70,12 @@ def test_markdown_report_has_the_tables(report):
 def test_html_report_is_self_contained(report):
     _, out = report
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2  # Dice and HD95 box plots
+    from medattn.evaluation.pictures import chosen_cases
+
+    result = report[0]
+    pictures = sum(len(chosen_cases(result.metrics, label)) for label in (1, 2, 3))
+    assert pictures >= 3
+    assert page.count("data:image/png;base64,") == 2 + pictures  # Dice and HD95 box plots, case pictures
     references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)["']""", page)
     assert references and all(ref.startswith("data:") for ref in references)
     assert "<script" not in page and "http://" not in page and "https://" not in page
