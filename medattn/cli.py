@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "medattn.pipelines.cli",  # demo
     "medattn.inference.cli",  # predict
     "medattn.evaluation.cli",  # evaluate
+    "medattn.explain.cli",  # explain
     "medattn.pipelines.bench",  # bench
 )
 

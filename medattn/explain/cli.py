@@ -1,0 +1,91 @@
+"""``medattn explain``: attention maps and Grad-CAM as NIfTI aligned with the input, PNG and index.html.
+
+Only ``argparse`` is imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medattn.devices import add_device_argument
+
+_EPILOG = """examples:
+  # every attached block of a DynUNet with SNA, on two volumes
+  medattn explain --model runs/hippo_sna/checkpoint_best.pt --input imagesTs --out explain_sna
+
+  # DSM only, and Grad-CAM of class 1 at the deepest encoder stage, without mirroring
+  medattn explain --model runs/hippo_dsm --input case_001.nii.gz --out explain_dsm --blocks dsm --gradcam 1 --no-tta
+
+writes OUT/CASE/BLOCK__MAP.nii.gz (on the input's grid), OUT/CASE/BLOCK__MAP.png,
+OUT/CASE/channel_weights.csv and OUT/index.html."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="attention maps and Grad-CAM of a model as NIfTI (aligned with the input), PNG and index.html",
+        description="Record what every attached block computes (SNA's weights, DSM's spatial map S and a "
+        "per-position summary of its self-attention M, CBAM's spatial gate; channel weights of SE, ECA, DSM's C, "
+        "CBAM and DIA's h_t) through forward hooks, stitched over the volume with the prediction's Gaussian "
+        "sliding window and resampled to the input grid. Models: checkpoints of `medattn train monai`.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="a `medattn train monai` checkpoint (.pt) or its output folder")
+    parser.add_argument("--input", "-i", required=True, nargs="+", metavar="DIR_OR_FILE",
+                        help="image files or folders (CASE.nii.gz or nnU-Net's CASE_0000.nii.gz)")
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--blocks", nargs="+", metavar="BLOCK",
+                        help="block kinds (sna, dsm, cbam, se, eca, dia) or qualified block names (default: all)")
+    parser.add_argument("--gradcam", type=int, metavar="CLASS", help="also write Grad-CAM of this class value")
+    parser.add_argument("--layer", metavar="NAME",
+                        help="module for Grad-CAM (default: the deepest encoder stage above the bottleneck)")
+    add_device_argument(parser, what="the network")
+    parser.add_argument("--no-tta", action="store_true", help="no mirroring (prediction and maps)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from medattn.devices import resolve_device
+    from medattn.explain.outputs import write_case, write_index
+    from medattn.inference.batch import detect_model
+    from medattn.inference.naming import collect_inputs, group_cases
+
+    try:
+        source = detect_model(args.model)
+        if source.kind != "monai":
+            raise ValueError(f"--model {args.model}: an nnU-Net model folder; medattn explain reads MONAI checkpoints "
+                             "of `medattn train monai` (nnU-Net models are not supported yet)")
+        from medattn.explain.volumes import VolumeExplainer
+
+        explainer = VolumeExplainer(source.path, resolve_device(args.device), blocks=args.blocks,
+                                    tta=not args.no_tta, gradcam=args.gradcam, layer=args.layer)
+        cases, problems = group_cases(collect_inputs(args.input), explainer.backend.num_channels)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"medattn explain: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = [p.message for p in problems]
+    entries = []
+    for case in tqdm(cases, desc="explain", unit="case", disable=args.no_progress):
+        try:
+            explanation = explainer.explain(case)
+            entries.append(write_case(case.name, explanation, out))
+        except ValueError as err:  # CaseError and image read errors name the file
+            failures.append(str(err))
+            continue
+        for note in explanation.notes:
+            print(f"medattn explain: {case.name}: {note}", file=sys.stderr)
+    index = write_index(entries, out, explainer.backend.description)
+    for message in failures:
+        print(f"medattn explain: {message}", file=sys.stderr)
+    print(f"{len(entries)} case(s) explained; open {index}")
+    return 1 if failures else 0

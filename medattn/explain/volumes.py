@@ -1,0 +1,201 @@
+"""Explain a MONAI checkpoint on whole volumes: attention maps and Grad-CAM, aligned with the input.
+
+For each case, the checkpoint's own preprocessing runs (``MonaiBackend.prepare``), then
+MONAI's ``sliding_window_inference`` with the prediction's Gaussian weights, window size and
+overlap, on a window function that runs the network once per window (and once per mirrored
+copy with TTA, each map flipped back before averaging), reads the recorded maps
+(:class:`~medattn.explain.capture.AttentionRecorder`), upsamples each from its feature grid
+to the window (trilinear, or bilinear in 2D) and returns them as channels. So the maps are
+stitched across windows exactly as the class probabilities are. ``Invertd`` then takes
+them back to the input file's grid with linear interpolation, the way the prediction goes.
+
+Grad-CAM (``gradcam=CLASS``): in each window, the gradient of the summed logit of CLASS
+over the voxels predicted as CLASS, at the output of ``layer`` (default: the deepest
+encoder stage above the bottleneck); the map is ``ReLU(Σ_k mean(∂y/∂A_k) · A_k)``, stitched like the others.
+A window without CLASS contributes zero.
+
+Channel weights (SE, ECA, DSM's C, CBAM's channel gate, DIA's hₜ) are averaged over the
+windows of a case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["CaseExplanation", "VolumeExplainer"]
+
+
+@dataclass
+class CaseExplanation:
+    """The maps of one case on the input grid.
+
+    Attributes:
+        spatial: ``"block/map"`` -> (z, y, x) float32 array on the input file's grid.
+        channel: ``"block/map"`` -> (C,) mean channel weights.
+        labels: the predicted label map on the input grid.
+        image: the first input channel on its grid.
+        geometry: the input file's geometry.
+    """
+
+    spatial: dict[str, np.ndarray]
+    channel: dict[str, np.ndarray]
+    labels: np.ndarray
+    image: np.ndarray
+    geometry: object
+    notes: list[str] = field(default_factory=list)
+
+
+class VolumeExplainer:
+    """Attention maps (and Grad-CAM) of a ``medattn train monai`` checkpoint.
+
+    Args:
+        checkpoint: the ``.pt`` file.
+        device: a torch device.
+        blocks: kinds or qualified names of the blocks to record (None: all).
+        tta: mirror over every spatial axis, as ``medattn predict`` does, for the
+            prediction and for the maps.
+        gradcam: a class value for Grad-CAM, or None.
+        layer: qualified module name for Grad-CAM (default: the deepest encoder stage
+            above the bottleneck).
+
+    Raises:
+        ValueError: for a checkpoint without blocks to explain, an unknown layer or a
+            class the network does not predict, naming it.
+    """
+
+    def __init__(self, checkpoint, device, blocks=None, tta: bool = True, gradcam: int | None = None,
+                 layer: str | None = None):
+        from medattn.explain.capture import AttentionRecorder
+        from medattn.inference.monai_backend import MirroredNetwork, MonaiBackend
+
+        self.backend = MonaiBackend(checkpoint, device, tta=tta)
+        network = self.backend.network
+        self.network = network.network if isinstance(network, MirroredNetwork) else network
+        self.flips = network.flips if isinstance(network, MirroredNetwork) else []
+        self.recorder = AttentionRecorder(self.network, blocks)
+        self.gradcam = gradcam
+        if gradcam is not None and not 0 < gradcam < self.backend.num_classes:
+            raise ValueError(f"--gradcam {gradcam}: the network predicts classes 1..{self.backend.num_classes - 1}")
+        self.layer = self._layer(layer) if gradcam is not None else None
+
+    def _layer(self, name: str | None):
+        from medattn.networks.builders import MonaiAdapter
+
+        config = self.backend.config["network"]
+        stages = [s.name for s in MonaiAdapter(config["name"], config["spatial_dims"]).stages(self.network)]
+        modules = dict(self.network.named_modules())
+        if name is None:
+            # The deepest stage above the bottleneck: the bottleneck's grid is a few voxels
+            # wide, and there the class score often falls with every positive channel mix
+            # (Grad-CAM's ReLU then leaves nothing).
+            name = stages[-2] if len(stages) > 1 else stages[-1]
+        if name not in modules:
+            raise ValueError(f"--layer {name!r}: no such module; the encoder stages are {stages}")
+        self.layer_name = name
+        return modules[name]
+
+    def explain(self, case) -> CaseExplanation:
+        """All maps of one case (an :class:`medattn.inference.naming.Case`)."""
+        from monai.inferers import sliding_window_inference
+
+        from medattn.data.io import read_image
+
+        backend = self.backend
+        prepared = backend.prepare(case)
+        probabilities = backend.infer(prepared)
+        labels = backend.to_input_grid(prepared.data, probabilities).argmax(axis=0).astype(np.uint8)
+        image = prepared.data["image"].as_tensor()[None].to(backend.device)
+        window = _WindowMaps(self)
+        with self.recorder:
+            stitched = sliding_window_inference(image, backend.transforms.roi, 1, window, overlap=backend.overlap,
+                                                mode="gaussian")
+        spatial_on_input = backend.to_input_grid(prepared.data, stitched[0].float().cpu())
+        shape = tuple(prepared.geometry.shape)
+        if tuple(spatial_on_input.shape[1:]) != shape:
+            raise ValueError(f"{case.files[0]}: internal error: maps of shape {spatial_on_input.shape[1:]} on an "
+                             f"input of {shape}")
+        spatial = {key: spatial_on_input[i].astype(np.float32) for i, key in enumerate(window.keys)}
+        channel = {key: np.mean(values, axis=0) for key, values in window.channel.items()}
+        notes = [f"{key}: zero everywhere (no window predicts the class, or its score falls with every positive "
+                 "mix of the layer's channels; try another --layer)" for key, value in spatial.items()
+                 if key.startswith("gradcam/") and not value.any()]
+        return CaseExplanation(spatial, channel, labels, read_image(case.files[0])[0], prepared.geometry, notes)
+
+
+class _WindowMaps:
+    """The window function of the sliding window: maps as channels, channel weights kept."""
+
+    def __init__(self, explainer: VolumeExplainer):
+        self.explainer = explainer
+        self.keys: list[str] | None = None
+        self.channel: dict[str, list[np.ndarray]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flips = [()] + list(self.explainer.flips)
+        total = None
+        for dims in flips:
+            maps = self._maps(torch.flip(x, dims) if dims else x)
+            maps = torch.flip(maps, dims) if dims else maps
+            total = maps if total is None else total + maps
+        return total / len(flips)
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+        explainer = self.explainer
+        explainer.recorder.clear()
+        cam = _grad_cam(explainer, x) if explainer.gradcam is not None else None
+        if cam is None:
+            with torch.no_grad():
+                explainer.network(x)
+        found = {}
+        for name, record in explainer.recorder.records.items():
+            for key, value in record.spatial.items():
+                found[f"{name}/{key}"] = _resize(value.float(), x.shape[2:])
+            for key, value in record.channel.items():
+                self.channel.setdefault(f"{name}/{key}", []).append(value.float().mean(0).cpu().numpy())
+        if cam is not None:
+            found[f"gradcam/{explainer.layer_name}/class_{explainer.gradcam}"] = _resize(cam, x.shape[2:])
+        if self.keys is None:
+            self.keys = sorted(found)
+        if sorted(found) != self.keys:
+            raise ValueError(f"the recorded maps changed between windows: {sorted(found)} vs {self.keys}")
+        return torch.cat([found[k] for k in self.keys], dim=1)
+
+
+def _resize(value: torch.Tensor, size) -> torch.Tensor:
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    if tuple(value.shape[2:]) == tuple(size):
+        return value
+    return torch.nn.functional.interpolate(value, size=tuple(size), mode=mode, align_corners=False)
+
+
+def _grad_cam(explainer: VolumeExplainer, x: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of one window: ReLU(Σ_k mean(∂S/∂A_k) A_k), S = the class's summed logit over
+    the voxels predicted as the class (zero where the window predicts none)."""
+    saved = {}
+
+    def keep(module, args, output):
+        output = output[0] if isinstance(output, (list, tuple)) else output
+        output.retain_grad()
+        saved["activation"] = output
+
+    handle = explainer.layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = explainer.network(x)
+            logits = logits[0] if isinstance(logits, (list, tuple)) else logits
+            if logits.ndim == x.ndim + 1:  # DynUNet's stacked deep-supervision heads in training mode
+                logits = logits[:, 0]
+            region = logits.argmax(dim=1) == explainer.gradcam
+            score = (logits[:, explainer.gradcam] * region).sum()
+            activation = saved["activation"]
+            if not region.any():
+                return torch.zeros((x.shape[0], 1, *activation.shape[2:]), device=x.device)
+            score.backward()
+        weights = activation.grad.mean(dim=tuple(range(2, activation.ndim)), keepdim=True)
+        return torch.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+    finally:
+        handle.remove()
+        explainer.network.zero_grad(set_to_none=True)
