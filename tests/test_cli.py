@@ -24,7 +24,7 @@ COMMANDS = _leaf_commands(build_parser())
 
 def test_the_tree_holds_every_command_family():
     families = {command[0] for command in COMMANDS}
-    assert families == {"convert", "nnunet", "train", "demo", "predict", "evaluate", "bench"}
+    assert families == {"convert", "nnunet", "train", "demo", "predict", "evaluate", "explain", "bench"}
     assert len(COMMANDS) >= 15
 
 
