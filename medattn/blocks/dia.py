@@ -292,7 +292,10 @@ class DIAUnit(nn.Module):
             ``impl`` of :class:`DIALSTMCell`.
         identity_init: recalibrate by ``h' = 1 + γ ⊙ (h − 1)`` with ``γ`` (one per channel,
             shared by the stage like the cell) initialised to zero, so that the stage starts
-            as the stock one; ``channels`` parameters. Off by default (the paper's unit).
+            as the stock one; ``channels`` parameters. Off by default (the paper's unit, the
+            same in every engine). ``medattn bench study`` (Task04, 3 seeds, 441 steps): the
+            paper's unit loses 0.0045 mean Dice to stock (p = 3e-5), the identity start is
+            equal (p = 0.74); short segmentation budgets should turn it on.
 
     Shapes:
         ``forward(x, state=None) -> (y, (h, c))`` with x, y (B, C, *spatial) and h, c (B, C);
