@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -605,29 +604,17 @@ def _check_settings(work: Path, settings: dict) -> None:
         write_json_atomic(path, settings)
 
 
-def _machine() -> str:
-    import os
-    import platform
-
-    import torch
-
-    try:
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "n/a"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; load average at the end {load}")
-
-
 def run(args) -> int:
+    import os
     import time
 
     from tqdm.auto import tqdm
 
     from medattn.data.io import json_text, write_json_atomic, write_set_atomic
     from medattn.evaluation import evaluate_folders
+    from medattn.devices import resolve_device
     from medattn.pipelines import study_report
+    from medattn.pipelines.bench_blocks import machine_description
 
     _check_arguments(args)
     variants = parse_variants(args.variants)
@@ -643,7 +630,7 @@ def run(args) -> int:
     engine.prepare(work)
     gt_dir = link_ground_truth(data, work / "ground_truth")
 
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()
     runs = {v.name: {} for v in variants}
     metrics = {}
     pairs = [(v, seed) for seed in args.seeds for v in variants]  # seed-major: a stopped study is balanced
@@ -664,7 +651,6 @@ def run(args) -> int:
     study = {
         "format": STUDY_FORMAT,
         "format_version": 1,
-        "command": "medattn bench study " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "study"] else []),
         "settings": settings,
         "variants": {v.name: v.placement for v in variants},
         "labels": {str(k): v for k, v in data.labels.items()},
@@ -679,7 +665,7 @@ def run(args) -> int:
         "runs": runs,
         "results": results,
         "wall_seconds": time.perf_counter() - started,
-        "machine": _machine(),
+        "machine": machine_description(resolve_device(args.device), load_before),
     }
     write_set_atomic(work, {"study.json": json_text(study), "report.md": study_report.markdown_report(study),
                             "report.html": study_report.html_report(study)})

@@ -242,8 +242,16 @@ def _settings_lines(study: Mapping) -> list[tuple[str, str]]:
         ("split", f"{split['source']}: {len(split['train'])} training, {len(split['val'])} validation, "
                   f"{len(split['test'])} test cases"),
         ("selection", study["selection"]["rule"]),
-        ("machine", study["machine"]),
+        ("machine", _machine_line(study["machine"])),
     ]
+
+
+def _machine_line(machine: Mapping) -> str:
+    """One line of :func:`medattn.pipelines.bench_blocks.machine_description`'s record."""
+    loads = " / ".join(" ".join(f"{v:.2f}" for v in machine[k]) for k in ("load_average_before", "load_average_after"))
+    return (f"{machine['cpu']}, {machine['cpus_available']} of {machine['cpu_count']} CPUs, device "
+            f"{machine['device']}, torch {machine['torch']} with {machine['torch_threads']} threads; "
+            f"load average {loads} (start / end)")
 
 
 def markdown_report(study: Mapping) -> str:
