@@ -90,5 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> None:
+    """The ``medattn`` executable (and ``python -m medattn.cli``): :func:`main`, then exit.
+
+    A command stopped by a signal (``medattn predict`` turns SIGTERM into ``SystemExit(143)``
+    once its temporary files are removed) leaves through ``os._exit``: a normal interpreter
+    exit would run the C++ static destructors of torch and ITK while their worker threads may
+    still be joinable, which aborts the process ("terminate called without an active
+    exception", exit -6) instead of reporting the signal.
+    """
+    import os
+    import signal
+
+    try:
+        code = main()
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.code)
+        raise
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -61,5 +61,6 @@ def run(args) -> int:
     print(f"\ndemo finished in {minutes:.1f} min ({len(result.ran)} steps run, {len(result.skipped)} reused) "
           f"in {result.out}")
     print(f"MONAI path report: {result.monai_report}")
+    print(f"explain index: {result.explain_index}")
     print(f"report: {result.report}")
     return 0

@@ -1,9 +1,17 @@
 """A synthetic CT-like dataset in nnU-Net raw layout, for tests, the demo and quick checks.
 
 Each case is a torso-like ellipsoid of soft tissue in air holding three organ-like
-ellipsoids whose mean intensities differ by only a few HU, well below the noise level:
-the inter-class similarity that DSM targets, where shape and position must carry the
-decision. Voxels are anisotropic (thick slices), the direction matrices are not the
+ellipsoids. Two contrasts (``contrast=``):
+
+- ``"low"`` (the default): the organs' mean intensities differ by only a few HU, well
+  below the 20 HU noise: the inter-class similarity that DSM targets, where shape and
+  position must carry the decision. A short schedule learns only the largest organ.
+- ``"enhanced"``: the organs as in a portal-venous contrast-enhanced CT (liver-like
+  100 HU, spleen-like 140 HU, kidney-like 190 HU, against 20 HU soft tissue and the same
+  noise), the two smaller ones enlarged: every organ is learnable in a few minutes of
+  CPU training (``make demo``).
+
+Voxels are anisotropic (thick slices), the direction matrices are not the
 identity (a rotation about the slice axis and a flipped axis) and the origins vary, so
 code that ignores geometry fails visibly. Generation is deterministic for a given seed.
 
@@ -32,26 +40,40 @@ LABELS = ("background", "organ_a", "organ_b", "organ_c")
 @dataclass(frozen=True)
 class _Organ:
     label: int
-    hu: float  # mean intensity; the three organs lie within 15 HU of each other
+    hu: float  # mean intensity
     center: tuple[float, float, float]  # relative (z, y, x) position inside the body, in [-1, 1]
     radii: tuple[float, float, float]  # relative semi-axes
 
 
-_ORGANS = (
-    _Organ(1, 58.0, (0.0, -0.15, -0.35), (0.55, 0.40, 0.30)),  # large, liver-like
-    _Organ(2, 50.0, (0.1, -0.10, 0.45), (0.35, 0.22, 0.18)),  # spleen-like
-    _Organ(3, 65.0, (-0.2, 0.40, 0.05), (0.30, 0.16, 0.16)),  # kidney-like
-)
+#: The organs per contrast. At "low" the three lie within 15 HU of each other; "enhanced"
+#: also makes the spleen- and kidney-like organs larger (a few hundred voxels at the default
+#: shape are too few for a short schedule to find).
+_ORGANS = {
+    "low": (
+        _Organ(1, 58.0, (0.0, -0.15, -0.35), (0.55, 0.40, 0.30)),  # large, liver-like
+        _Organ(2, 50.0, (0.1, -0.10, 0.45), (0.35, 0.22, 0.18)),  # spleen-like
+        _Organ(3, 65.0, (-0.2, 0.40, 0.05), (0.30, 0.16, 0.16)),  # kidney-like
+    ),
+    "enhanced": (
+        _Organ(1, 100.0, (0.0, -0.15, -0.35), (0.55, 0.40, 0.30)),
+        _Organ(2, 140.0, (0.1, -0.10, 0.45), (0.45, 0.30, 0.25)),
+        _Organ(3, 190.0, (-0.2, 0.40, 0.05), (0.45, 0.26, 0.24)),
+    ),
+}
+#: The phantom's contrasts (see the module docstring).
+CONTRASTS = tuple(_ORGANS)
 
 
 def make_phantom_case(
-    shape: tuple[int, int, int] = (32, 48, 48), seed: int = 0
+    shape: tuple[int, int, int] = (32, 48, 48), seed: int = 0, contrast: str = "low"
 ) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """One phantom case.
 
     Args:
         shape: array shape in (z, y, x) order.
         seed: seed of this case; the same seed gives the same case.
+        contrast: one of :data:`CONTRASTS`: the organs' intensities and sizes change;
+            noise, body and geometry of a seed stay the same.
 
     Returns:
         ``(image, label, geometry)``: int16 HU-like image, uint8 label map (values
@@ -59,6 +81,8 @@ def make_phantom_case(
     """
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape!r}")
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
 
@@ -66,7 +90,7 @@ def make_phantom_case(
     body = _ellipsoid(grid, np.zeros(3), body_radii)
     image = np.where(body, 20.0, -1000.0)  # fat/soft tissue vs air
     label = np.zeros(shape, dtype=np.uint8)
-    for organ in _ORGANS:
+    for organ in _ORGANS[contrast]:
         center = np.array(organ.center) * body_radii + rng.normal(0, 0.05, 3)
         radii = np.array(organ.radii) * body_radii * rng.uniform(0.85, 1.15, 3)
         mask = _ellipsoid(grid, center, radii) & body & (label == 0)
@@ -104,6 +128,7 @@ def make_phantom_dataset(
     dataset_id: int = 990,
     name: str = "Phantom",
     n_test: int = 0,
+    contrast: str = "low",
 ) -> Path:
     """Write an nnU-Net v2 raw dataset of phantom cases.
 
@@ -115,6 +140,7 @@ def make_phantom_dataset(
         dataset_id: nnU-Net dataset id (three digits).
         name: dataset name; the folder is ``Dataset{id:03d}_{name}``.
         n_test: number of held-out cases written to ``imagesTs``/``labelsTs``.
+        contrast: the organs' contrast, one of :data:`CONTRASTS`.
 
     Returns:
         The dataset folder. Existing case files are rewritten identically (idempotent).
@@ -127,7 +153,7 @@ def make_phantom_dataset(
     for index in range(n_cases + n_test):
         split = "Tr" if index < n_cases else "Ts"
         case = f"{name.lower()}_{index:03d}"
-        image, label, geometry = make_phantom_case(shape, seed=_case_seed(seed, index))
+        image, label, geometry = make_phantom_case(shape, seed=_case_seed(seed, index), contrast=contrast)
         write_image(image, geometry, root / f"images{split}" / f"{case}_0000.nii.gz")
         write_image(label, geometry, root / f"labels{split}" / f"{case}.nii.gz")
     write_json_atomic(
@@ -139,7 +165,7 @@ def make_phantom_dataset(
             "file_ending": ".nii.gz",
             "name": name,
             "description": "medattn synthetic CT-like phantom (medattn.data.phantom), seed "
-            f"{seed}, shape {list(shape)}",
+            f"{seed}, shape {list(shape)}, {contrast} contrast",
         },
     )
     return root
@@ -163,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset id, 1-999 (default: 990)")
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"),
                         help="voxels per case in (z, y, x) order (default: 32 48 48)")
+    parser.add_argument("--contrast", choices=CONTRASTS, default="low",
+                        help="organ contrast: low (within 15 HU of each other, under 20 HU noise; the default) or "
+                        "enhanced (portal-venous CT: 100, 140 and 190 HU against 20 HU soft tissue)")
     args = parser.parse_args(argv)
     try:
         root = make_phantom_dataset(args.out_dir, args.cases, args.seed, shape=tuple(args.shape),
-                                    dataset_id=args.dataset_id, n_test=args.test_cases)
+                                    dataset_id=args.dataset_id, n_test=args.test_cases, contrast=args.contrast)
     except ValueError as err:
         parser.error(str(err))
     print(root)

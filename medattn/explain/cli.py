@@ -17,6 +17,13 @@ _EPILOG = """examples:
   # DSM only, and Grad-CAM of class 1 at the deepest encoder stage, without mirroring
   medattn explain --model runs/hippo_dsm --input case_001.nii.gz --out explain_dsm --blocks dsm --gradcam 1 --no-tta
 
+  # an nnU-Net model folder (every fold, averaged as the prediction averages them)
+  medattn explain --model $nnUNet_results/Dataset990_Phantom/nnUNetTrainerDSM__nnUNetPlans__3d_fullres \
+      --input imagesTs --out explain_nnunet --gradcam 1
+
+  # a `medattn train image` classifier: its blocks' maps and Grad-CAM of class index 2
+  medattn explain --model runs/cifar_sna --input photos/ --out explain_photos --gradcam 2
+
 writes OUT/CASE/BLOCK__MAP.nii.gz (on the input's grid), OUT/CASE/BLOCK__MAP.png,
 OUT/CASE/channel_weights.csv and OUT/index.html."""
 
@@ -28,24 +35,46 @@ def register(subparsers) -> None:
         description="Record what every attached block computes (SNA's weights, DSM's spatial map S and a "
         "per-position summary of its self-attention M, CBAM's spatial gate; channel weights of SE, ECA, DSM's C, "
         "CBAM and DIA's h_t) through forward hooks, stitched over the volume with the prediction's Gaussian "
-        "sliding window and resampled to the input grid. Models: checkpoints of `medattn train monai`.",
+        "sliding window and resampled to the input grid. Models: nnU-Net model folders (any trainer), checkpoints "
+        "of `medattn train monai`, and checkpoints of `medattn train image` (whole images, maps on the picture's "
+        "pixel grid).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, metavar="PATH",
-                        help="a `medattn train monai` checkpoint (.pt) or its output folder")
+                        help="an nnU-Net model folder (or one fold_X), a `medattn train monai` or `medattn train "
+                        "image` checkpoint (.pt) or its output folder")
     parser.add_argument("--input", "-i", required=True, nargs="+", metavar="DIR_OR_FILE",
-                        help="image files or folders (CASE.nii.gz or nnU-Net's CASE_0000.nii.gz)")
+                        help="image files or folders (CASE.nii.gz or nnU-Net's CASE_0000.nii.gz; PNG/JPEG for "
+                        "image models)")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--blocks", nargs="+", metavar="BLOCK",
                         help="block kinds (sna, dsm, cbam, se, eca, dia) or qualified block names (default: all)")
-    parser.add_argument("--gradcam", type=int, metavar="CLASS", help="also write Grad-CAM of this class value")
+    parser.add_argument("--gradcam", type=int, metavar="CLASS",
+                        help="also write Grad-CAM of this class (label value; class index for image models)")
     parser.add_argument("--layer", metavar="NAME",
-                        help="module for Grad-CAM (default: the deepest encoder stage above the bottleneck)")
+                        help="module for Grad-CAM (default: the deepest encoder stage above the bottleneck; the "
+                        "last ResNet stage for image models)")
     add_device_argument(parser, what="the network")
-    parser.add_argument("--no-tta", action="store_true", help="no mirroring (prediction and maps)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="no mirroring (prediction and maps; image models never mirror)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
+
+
+def open_explainer(model, device, blocks=None, tta: bool = True, gradcam=None, layer=None):
+    """The explainer of ``model``: whole volumes for MONAI checkpoints and nnU-Net model
+    folders, whole images for ``medattn train image`` checkpoints."""
+    from medattn.images.predict import find_image_checkpoint
+
+    image_checkpoint = find_image_checkpoint(model)
+    if image_checkpoint is not None:
+        from medattn.explain.images import ImageExplainer
+
+        return ImageExplainer(image_checkpoint, device, blocks=blocks, gradcam=gradcam, layer=layer)
+    from medattn.explain.volumes import VolumeExplainer
+
+    return VolumeExplainer(model, device, blocks=blocks, tta=tta, gradcam=gradcam, layer=layer)
 
 
 def run(args) -> int:
@@ -55,19 +84,11 @@ def run(args) -> int:
 
     from medattn.devices import resolve_device
     from medattn.explain.outputs import write_case, write_index
-    from medattn.inference.batch import detect_model
-    from medattn.inference.naming import collect_inputs, group_cases
 
     try:
-        source = detect_model(args.model)
-        if source.kind != "monai":
-            raise ValueError(f"--model {args.model}: an nnU-Net model folder; medattn explain reads MONAI checkpoints "
-                             "of `medattn train monai` (nnU-Net models are not supported yet)")
-        from medattn.explain.volumes import VolumeExplainer
-
-        explainer = VolumeExplainer(source.path, resolve_device(args.device), blocks=args.blocks,
-                                    tta=not args.no_tta, gradcam=args.gradcam, layer=args.layer)
-        cases, problems = group_cases(collect_inputs(args.input), explainer.backend.num_channels)
+        explainer = open_explainer(args.model, resolve_device(args.device), blocks=args.blocks, tta=not args.no_tta,
+                                   gradcam=args.gradcam, layer=args.layer)
+        cases, problems = explainer.cases(args.input)
     except (ValueError, FileNotFoundError) as err:
         print(f"medattn explain: error: {err}", file=sys.stderr)
         return 2
@@ -84,7 +105,7 @@ def run(args) -> int:
             continue
         for note in explanation.notes:
             print(f"medattn explain: {case.name}: {note}", file=sys.stderr)
-    index = write_index(entries, out, explainer.backend.description)
+    index = write_index(entries, out, explainer.description)
     for message in failures:
         print(f"medattn explain: {message}", file=sys.stderr)
     print(f"{len(entries)} case(s) explained; open {index}")

@@ -1,13 +1,17 @@
-"""Explain a MONAI checkpoint on whole volumes: attention maps and Grad-CAM, aligned with the input.
+"""Explain a volume model on whole volumes: attention maps and Grad-CAM, aligned with the input.
 
-For each case, the checkpoint's own preprocessing runs (``MonaiBackend.prepare``), then
-MONAI's ``sliding_window_inference`` with the prediction's Gaussian weights, window size and
-overlap, on a window function that runs the network once per window (and once per mirrored
-copy with TTA, each map flipped back before averaging), reads the recorded maps
+For each case, the model's own preprocessing runs (the prediction backend's ``prepare``, see
+:mod:`medattn.explain.sources`: MONAI transforms or nnU-Net's preprocessor), then MONAI's
+``sliding_window_inference`` with the prediction's window (patch) size, Gaussian weights
+(σ = window/8, nnU-Net's and MONAI's value) and step fraction, on a window function that
+runs the network once per window (and once per mirrored copy with TTA, each map flipped
+back before averaging), reads the recorded maps
 (:class:`~medattn.explain.capture.AttentionRecorder`), upsamples each from its feature grid
 to the window (trilinear, or bilinear in 2D) and returns them as channels. So the maps are
-stitched across windows exactly as the class probabilities are. ``Invertd`` then takes
-them back to the input file's grid with linear interpolation, the way the prediction goes.
+stitched across windows as the class probabilities are. The source then takes them back to
+the input file's grid the way its prediction goes (``Invertd``, or nnU-Net's probability
+resampling, un-cropping and transposition). An nnU-Net model's folds are explained in turn
+and averaged, as its logits are; a 2D nnU-Net configuration runs slice by slice.
 
 Grad-CAM (``gradcam=CLASS``): in each window, the gradient of the summed logit of CLASS
 over the voxels predicted as CLASS, at the output of ``layer`` (default: the deepest
@@ -49,43 +53,40 @@ class CaseExplanation:
 
 
 class VolumeExplainer:
-    """Attention maps (and Grad-CAM) of a ``medattn train monai`` checkpoint.
+    """Attention maps (and Grad-CAM) of a volume model, on whole volumes.
 
     Args:
-        checkpoint: the ``.pt`` file.
-        device: a torch device.
+        source: the model (:func:`medattn.explain.sources.open_source`: a MONAI checkpoint
+            or an nnU-Net model folder), or a path, opened with ``device`` and ``tta``.
+        device: a torch device (when ``source`` is a path).
         blocks: kinds or qualified names of the blocks to record (None: all).
-        tta: mirror over every spatial axis, as ``medattn predict`` does, for the
-            prediction and for the maps.
+        tta: mirror as ``medattn predict`` does, for the prediction and for the maps.
         gradcam: a class value for Grad-CAM, or None.
         layer: qualified module name for Grad-CAM (default: the deepest encoder stage
             above the bottleneck).
 
     Raises:
-        ValueError: for a checkpoint without blocks to explain, an unknown layer or a
-            class the network does not predict, naming it.
+        ValueError: for a model without blocks to explain, an unknown layer or a class
+            the network does not predict, naming it.
     """
 
-    def __init__(self, checkpoint, device, blocks=None, tta: bool = True, gradcam: int | None = None,
+    def __init__(self, source, device=None, blocks=None, tta: bool = True, gradcam: int | None = None,
                  layer: str | None = None):
         from medattn.explain.capture import AttentionRecorder
-        from medattn.inference.monai_backend import MirroredNetwork, MonaiBackend
+        from medattn.explain.sources import open_source
 
-        self.backend = MonaiBackend(checkpoint, device, tta=tta)
-        network = self.backend.network
-        self.network = network.network if isinstance(network, MirroredNetwork) else network
-        self.flips = network.flips if isinstance(network, MirroredNetwork) else []
+        self.source = open_source(source, device, tta) if not hasattr(source, "weight_sets") else source
+        self.network, self.flips = self.source.network, self.source.flips
+        self.description, self.num_channels = self.source.description, self.source.num_channels
         self.recorder = AttentionRecorder(self.network, blocks)
         self.gradcam = gradcam
-        if gradcam is not None and not 0 < gradcam < self.backend.num_classes:
-            raise ValueError(f"--gradcam {gradcam}: the network predicts classes 1..{self.backend.num_classes - 1}")
+        classes = self.source.num_classes
+        if gradcam is not None and not 0 < gradcam < classes:
+            raise ValueError(f"--gradcam {gradcam}: the network predicts classes 1..{classes - 1}")
         self.layer = self._layer(layer) if gradcam is not None else None
 
     def _layer(self, name: str | None):
-        from medattn.networks.builders import MonaiAdapter
-
-        config = self.backend.config["network"]
-        stages = [s.name for s in MonaiAdapter(config["name"], config["spatial_dims"]).stages(self.network)]
+        stages = self.source.stages
         modules = dict(self.network.named_modules())
         if name is None:
             # The deepest stage above the bottleneck: the bottleneck's grid is a few voxels
@@ -97,43 +98,59 @@ class VolumeExplainer:
         self.layer_name = name
         return modules[name]
 
+    def cases(self, inputs):
+        """``(cases, problems)`` of the input files or folders (nnU-Net's channel naming)."""
+        from medattn.inference.naming import collect_inputs, group_cases
+
+        return group_cases(collect_inputs(inputs), self.num_channels)
+
     def explain(self, case) -> CaseExplanation:
         """All maps of one case (an :class:`medattn.inference.naming.Case`)."""
         from monai.inferers import sliding_window_inference
 
         from medattn.data.io import read_image
 
-        backend = self.backend
-        prepared = backend.prepare(case)
-        probabilities = backend.infer(prepared)
-        labels = backend.to_input_grid(prepared.data, probabilities).argmax(axis=0).astype(np.uint8)
-        image = prepared.data["image"].as_tensor()[None].to(backend.device)
-        window = _WindowMaps(self)
+        source = self.source
+        prepared = source.prepare(case)
+        labels = source.labels(prepared)
+        image = source.network_input(prepared)
+        window = _WindowMaps(self, squeeze_depth=getattr(source, "slice_by_slice", False))
+        stitched, sets = None, 0
         with self.recorder:
-            stitched = sliding_window_inference(image, backend.transforms.roi, 1, window, overlap=backend.overlap,
-                                                mode="gaussian")
-        spatial_on_input = backend.to_input_grid(prepared.data, stitched[0].float().cpu())
-        shape = tuple(prepared.geometry.shape)
-        if tuple(spatial_on_input.shape[1:]) != shape:
-            raise ValueError(f"{case.files[0]}: internal error: maps of shape {spatial_on_input.shape[1:]} on an "
-                             f"input of {shape}")
+            for _ in source.weight_sets():  # the folds of an nnU-Net model, averaged as the prediction does
+                maps = sliding_window_inference(image, source.roi, 1, window, overlap=source.overlap, mode="gaussian")
+                stitched = maps if stitched is None else stitched + maps
+                sets += 1
+        spatial_on_input = source.to_input_grid(prepared, stitched[0] / sets)
+        geometry = source.geometry(case, prepared)
+        shape = tuple(geometry.shape)
+        if tuple(spatial_on_input.shape[1:]) != shape or tuple(labels.shape) != shape:
+            raise ValueError(f"{case.files[0]}: internal error: maps of shape {spatial_on_input.shape[1:]} and "
+                             f"labels of {labels.shape} on an input of {shape}")
         spatial = {key: spatial_on_input[i].astype(np.float32) for i, key in enumerate(window.keys)}
         channel = {key: np.mean(values, axis=0) for key, values in window.channel.items()}
         notes = [f"{key}: zero everywhere (no window predicts the class, or its score falls with every positive "
                  "mix of the layer's channels; try another --layer)" for key, value in spatial.items()
                  if key.startswith("gradcam/") and not value.any()]
-        return CaseExplanation(spatial, channel, labels, read_image(case.files[0])[0], prepared.geometry, notes)
+        return CaseExplanation(spatial, channel, labels, read_image(case.files[0])[0], geometry, notes)
 
 
 class _WindowMaps:
     """The window function of the sliding window: maps as channels, channel weights kept."""
 
-    def __init__(self, explainer: VolumeExplainer):
+    def __init__(self, explainer, squeeze_depth: bool = False):
         self.explainer = explainer
+        #: a 2D network on one-slice-deep windows of a volume (nnU-Net's 2d configuration)
+        self.squeeze_depth = squeeze_depth
         self.keys: list[str] | None = None
         self.channel: dict[str, list[np.ndarray]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.squeeze_depth:
+            return self._mirrored(x[:, :, 0])[:, :, None]
+        return self._mirrored(x)
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
         flips = [()] + list(self.explainer.flips)
         total = None
         for dims in flips:
@@ -173,7 +190,8 @@ def _resize(value: torch.Tensor, size) -> torch.Tensor:
 
 def _grad_cam(explainer: VolumeExplainer, x: torch.Tensor) -> torch.Tensor:
     """Grad-CAM of one window: ReLU(Σ_k mean(∂S/∂A_k) A_k), S = the class's summed logit over
-    the voxels predicted as the class (zero where the window predicts none)."""
+    the voxels predicted as the class (zero where the window predicts none), or the class's
+    logit for a classifier."""
     saved = {}
 
     def keep(module, args, output):
@@ -185,14 +203,18 @@ def _grad_cam(explainer: VolumeExplainer, x: torch.Tensor) -> torch.Tensor:
     try:
         with torch.enable_grad():
             logits = explainer.network(x)
+            logits = logits["out"] if isinstance(logits, dict) else logits  # torchvision's segmentation models
             logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-            if logits.ndim == x.ndim + 1:  # DynUNet's stacked deep-supervision heads in training mode
-                logits = logits[:, 0]
-            region = logits.argmax(dim=1) == explainer.gradcam
-            score = (logits[:, explainer.gradcam] * region).sum()
             activation = saved["activation"]
-            if not region.any():
-                return torch.zeros((x.shape[0], 1, *activation.shape[2:]), device=x.device)
+            if logits.ndim == 2:  # classification: the standard Grad-CAM of the class's logit
+                score = logits[:, explainer.gradcam].sum()
+            else:
+                if logits.ndim == x.ndim + 1:  # DynUNet's stacked deep-supervision heads in training mode
+                    logits = logits[:, 0]
+                region = logits.argmax(dim=1) == explainer.gradcam
+                if not region.any():
+                    return torch.zeros((x.shape[0], 1, *activation.shape[2:]), device=x.device)
+                score = (logits[:, explainer.gradcam] * region).sum()
             score.backward()
         weights = activation.grad.mean(dim=tuple(range(2, activation.ndim)), keepdim=True)
         return torch.relu((weights * activation).sum(dim=1, keepdim=True)).detach()

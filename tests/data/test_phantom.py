@@ -34,6 +34,23 @@ def test_every_organ_is_present_and_hard_to_tell_apart_by_intensity():
     assert max(means) - min(means) < 1.5 * min(stds)
 
 
+def test_enhanced_contrast_separates_every_organ_and_keeps_noise_and_geometry():
+    low_image, low_label, low_geometry = make_phantom_case((32, 48, 48), seed=2)
+    image, label, geometry = make_phantom_case((32, 48, 48), seed=2, contrast="enhanced")
+    assert geometry == low_geometry and set(np.unique(label)) == set(range(len(LABELS)))
+    body = (image > -500) & (label == 0)
+    means = [image[body].mean()] + [image[label == value].mean() for value in (1, 2, 3)]
+    noise = image[body].std()
+    assert noise > 15
+    # every pair of tissues differs by at least twice the noise (contrast-to-noise ratio >= 2)
+    assert min(abs(a - b) for i, a in enumerate(means) for b in means[i + 1:]) > 1.9 * noise
+    # the small organs are larger than at low contrast, so that a short schedule finds them
+    for value in (2, 3):
+        assert (label == value).sum() > 2 * (low_label == value).sum()
+    with pytest.raises(ValueError, match="contrast"):
+        make_phantom_case(contrast="bright")
+
+
 def test_geometry_is_anisotropic_rotated_and_flipped():
     _, _, geometry = make_phantom_case(seed=1)
     assert geometry.shape == (32, 48, 48)
