@@ -30,9 +30,10 @@ def textures(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, textures):
-    """ResNet-20 with SNA and SE, one epoch: the maps, not the accuracy, are under test."""
+    """ResNet-20 with CBAM (a spatial and a channel gate), one epoch: the maps, not the accuracy,
+    are under test."""
     return _train(tmp_path_factory, "cls", task="classification", data=str(textures), backbone="resnet20",
-                  attention="sna,se", batch_size=16, lr=0.05)
+                  attention="cbam", batch_size=16, lr=0.05)
 
 
 def test_classifier_maps_lie_on_the_pictures_grid(classifier, textures, tmp_path):
@@ -43,7 +44,7 @@ def test_classifier_maps_lie_on_the_pictures_grid(classifier, textures, tmp_path
     for picture in pictures:
         folder = out / picture.stem
         maps = sorted(folder.glob("*.nii.gz"))
-        assert any(m.name.endswith("__weights.nii.gz") for m in maps)  # SNA
+        assert any(m.name.endswith("__spatial.nii.gz") for m in maps)  # CBAM's spatial gate
         assert any(m.name.startswith("gradcam_layer3") for m in maps)  # the last CIFAR ResNet stage
         reference = sitk.ReadImage(str(picture))
         for path in maps:
@@ -53,7 +54,7 @@ def test_classifier_maps_lie_on_the_pictures_grid(classifier, textures, tmp_path
             assert np.isfinite(sitk.GetArrayFromImage(written)).all()
         with open(folder / "channel_weights.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert {r["map"] for r in rows} == {"gate"}  # SE's channel gate
+        assert {r["map"] for r in rows} == {"channel"}  # CBAM's channel gate
         assert all(0 < float(r["weight"]) < 1 for r in rows)
     page = (out / "index.html").read_text()
     assert all(picture.stem in page for picture in pictures)

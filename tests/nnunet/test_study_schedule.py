@@ -46,3 +46,18 @@ def test_a_bad_seed_is_named(monkeypatch):
     monkeypatch.setenv(STUDY_SEED_ENV, "x1")
     with pytest.raises(ValueError, match=f"{STUDY_SEED_ENV} must be a non-negative integer, got 'x1'"):
         _Run().initialize()
+
+
+@pytest.mark.slow
+def test_demo_trainers_keep_nnunets_sgd_with_the_demo_momentum(demo_out):
+    """What the smoke demo's nnU-Net training saved: nnU-Net's Nesterov SGD, weight decay and
+    poly schedule, with DemoSchedule's learning rate and momentum."""
+    from medattn.nnunet.trainer import DemoSchedule
+    from tests.inference.shared import model_dir
+
+    checkpoint = torch.load(model_dir(demo_out) / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                            weights_only=False)
+    (group,) = checkpoint["optimizer_state"]["param_groups"]
+    assert group["momentum"] == DemoSchedule.demo_momentum == 0.95 and group["nesterov"]
+    assert group["lr"] == pytest.approx(DemoSchedule.demo_lr)  # the poly schedule's first epoch
+    assert group["weight_decay"] == pytest.approx(3e-5)  # nnU-Net's own

@@ -110,7 +110,7 @@ def test_second_run_skips_finished_steps_and_reruns_dependents(tmp_path, monkeyp
     stale.write_text("old")
     calls.clear()
     demo.run_demo(out, schedule="smoke", device="cpu", progress=False)
-    assert calls == ["train_dsm", "predict_dsm", "evaluate"]
+    assert calls == ["train_dsm", "predict_dsm", "evaluate", "explain"]
     assert not stale.exists(), "predictions of the old model must not be kept"
 
     # another schedule is another result: everything reruns
@@ -131,6 +131,7 @@ def test_machine_options(tmp_path):
     (fold / "checkpoint_latest.pth").write_text("x")
     assert demo.machine_options(steps["train_stock"], "cpu", 2, folders) == ["-device", "cpu", "--c"]
     assert demo.machine_options(steps["monai_train"], "cpu", 2, folders) == ["--device", "cpu"]
+    assert demo.machine_options(steps["explain"], "cpu", 2, folders) == ["--device", "cpu"]
     assert demo.machine_options(steps["phantom"], "cpu", 2, folders) == []
 
 
@@ -145,6 +146,14 @@ def test_smoke_demo_end_to_end(tmp_path_factory, capsys):
     assert result.report.is_file() and result.monai_report.is_file()
     html = result.report.read_text()
     assert "<html" in html.lower() and "wilcoxon" in html.lower()
+    assert html.count("data:image/png;base64,") >= 3  # a case picture per class, inline
+    explained = result.out / "explain" / demo.EXPLAINED_CASE
+    assert result.explain_index.is_file() and sorted(explained.glob("*__S.nii.gz"))
+    explained_image = sitk.ReadImage(str(held_out_images(result.out) / f"{demo.EXPLAINED_CASE}_0000.nii.gz"))
+    for path in explained.glob("*.nii.gz"):
+        written = sitk.ReadImage(str(path))
+        assert written.GetSize() == explained_image.GetSize()
+        assert written.GetOrigin() == pytest.approx(explained_image.GetOrigin(), abs=1e-4)
     images = sorted(held_out_images(result.out).glob("*_0000.nii.gz"))
     assert len(images) == 6
     for name in ("stock", "dsm", "monai_dsm"):
@@ -163,3 +172,4 @@ def test_smoke_demo_end_to_end(tmp_path_factory, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done already, skipped") == len(demo.story_steps())
     assert f"report: {result.report}" in printed
+    assert f"explain index: {result.explain_index}" in printed
