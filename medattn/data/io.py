@@ -71,6 +71,37 @@ class Geometry:
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
 
+    def index_to_physical(self) -> np.ndarray:
+        """The (n+1, n+1) affine from an array index (z, y, x order) to a physical (LPS) point.
+
+        SimpleITK maps its index ``i`` (x, y, z order) to ``origin + direction @ (spacing * i)``;
+        the array index is ``i`` reversed.
+        """
+        ndim = len(self.spacing)
+        direction = np.asarray(self.direction, dtype=float).reshape(ndim, ndim)
+        matrix = np.eye(ndim + 1)
+        matrix[:ndim, :ndim] = (direction * np.asarray(self.spacing, dtype=float))[:, ::-1]
+        matrix[:ndim, ndim] = self.origin
+        return matrix
+
+    @classmethod
+    def from_index_to_physical(cls, shape, matrix) -> "Geometry":
+        """The geometry of an array of ``shape`` whose index maps to physical (LPS) points
+        through ``matrix`` (the inverse of :meth:`index_to_physical`).
+
+        Raises:
+            ValueError: when the matrix is not a scaled rotation (axes not orthogonal).
+        """
+        matrix = np.asarray(matrix, dtype=float)
+        ndim = len(shape)
+        columns = matrix[:ndim, :ndim][:, ::-1]  # SimpleITK's index order
+        spacing = np.linalg.norm(columns, axis=0)
+        direction = columns / spacing
+        if not np.allclose(direction.T @ direction, np.eye(ndim), atol=1e-6):
+            raise ValueError(f"the index-to-physical matrix {matrix.tolist()} has non-orthogonal axes")
+        return cls(tuple(int(s) for s in shape), tuple(spacing.tolist()), tuple(matrix[:ndim, ndim].tolist()),
+                   tuple(direction.ravel().tolist()))
+
     @property
     def spacing_zyx(self) -> tuple[float, ...]:
         """Spacing in array (z, y, x) order, the order distance transforms need."""

@@ -24,8 +24,12 @@ _EPILOG = """examples:
   # a `medattn train image` classifier: its blocks' maps and Grad-CAM of class index 2
   medattn explain --model runs/cifar_sna --input photos/ --out explain_photos --gradcam 2
 
+  # also each map on its stage's own feature grid
+  medattn explain --model runs/hippo_dsm --input imagesTs --out explain_dsm --stage-grids
+
 writes OUT/CASE/BLOCK__MAP.nii.gz (on the input's grid), OUT/CASE/BLOCK__MAP.png,
-OUT/CASE/channel_weights.csv and OUT/index.html."""
+OUT/CASE/channel_weights.csv and OUT/index.html (and OUT/CASE/BLOCK__MAP__stage.nii.gz
+with --stage-grids)."""
 
 
 def register(subparsers) -> None:
@@ -58,23 +62,35 @@ def register(subparsers) -> None:
     add_device_argument(parser, what="the network")
     parser.add_argument("--no-tta", action="store_true",
                         help="no mirroring (prediction and maps; image models never mirror)")
+    parser.add_argument("--stage-grids", action="store_true",
+                        help="also write each map on its block's own feature grid (BLOCK__MAP__stage.nii.gz: the "
+                        "stage's voxels, in the network's orientation and spacing, aligned in physical space); "
+                        "volume models only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
-def open_explainer(model, device, blocks=None, tta: bool = True, gradcam=None, layer=None):
+def open_explainer(model, device, blocks=None, tta: bool = True, gradcam=None, layer=None, stage_grids=False):
     """The explainer of ``model``: whole volumes for MONAI checkpoints and nnU-Net model
-    folders, whole images for ``medattn train image`` checkpoints."""
+    folders, whole images for ``medattn train image`` checkpoints.
+
+    Raises:
+        ValueError: for ``stage_grids`` with an image model (its maps are on the picture's grid).
+    """
     from medattn.images.predict import find_image_checkpoint
 
     image_checkpoint = find_image_checkpoint(model)
     if image_checkpoint is not None:
         from medattn.explain.images import ImageExplainer
 
+        if stage_grids:
+            raise ValueError(f"--stage-grids: {image_checkpoint} is an image model; its maps are written on the "
+                             "picture's pixel grid only")
         return ImageExplainer(image_checkpoint, device, blocks=blocks, gradcam=gradcam, layer=layer)
     from medattn.explain.volumes import VolumeExplainer
 
-    return VolumeExplainer(model, device, blocks=blocks, tta=tta, gradcam=gradcam, layer=layer)
+    return VolumeExplainer(model, device, blocks=blocks, tta=tta, gradcam=gradcam, layer=layer,
+                           stage_grids=stage_grids)
 
 
 def run(args) -> int:
@@ -87,7 +103,7 @@ def run(args) -> int:
 
     try:
         explainer = open_explainer(args.model, resolve_device(args.device), blocks=args.blocks, tta=not args.no_tta,
-                                   gradcam=args.gradcam, layer=args.layer)
+                                   gradcam=args.gradcam, layer=args.layer, stage_grids=args.stage_grids)
         cases, problems = explainer.cases(args.input)
     except (ValueError, FileNotFoundError) as err:
         print(f"medattn explain: error: {err}", file=sys.stderr)

@@ -8,6 +8,8 @@ Layout of ``--out``::
                                      direction of the input file), float32
       BLOCK__MAP.png                 image, heat map and prediction contours: axial, coronal
                                      and sagittal planes through the foreground centre
+      BLOCK__MAP__stage.nii.gz       with ``--stage-grids``: the map on the block's own
+                                     feature grid, placed in physical space
       channel_weights.csv            block, map, channel, weight (mean over windows)
       BLOCK__channels.png            the block's channel weights (a heat map of blocks x
                                      channels for a DIA unit, bars otherwise)
@@ -130,7 +132,12 @@ def write_case(case_name: str, explanation, out_dir: Path) -> dict:
         write_image(volume, explanation.geometry, folder / f"{stem}.nii.gz")
         _write_bytes(folder / f"{stem}.png", montage_png(explanation.image, volume, explanation.labels, spacing,
                                                         f"{case_name}: {key}"))
-        entry["maps"].append({"key": key, "nifti": f"{case_name}/{stem}.nii.gz", "png": f"{case_name}/{stem}.png"})
+        item = {"key": key, "nifti": f"{case_name}/{stem}.nii.gz", "png": f"{case_name}/{stem}.png"}
+        if key in explanation.stage_grids:
+            values, grid = explanation.stage_grids[key]
+            write_image(values, grid, folder / f"{stem}__stage.nii.gz")
+            item["stage"] = f"{case_name}/{stem}__stage.nii.gz"
+        entry["maps"].append(item)
     by_block: dict[str, dict[str, np.ndarray]] = {}
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
@@ -160,7 +167,8 @@ def write_index(entries: list[dict], out_dir: Path, description: str) -> Path:
             parts.append('<p class="note">Spatial maps on the input grid (open the NIfTI with the image in 3D Slicer '
                          "or ITK-SNAP: same size, spacing, origin and direction).</p>")
         for item in entry["maps"]:
-            parts.append(f'<h3>{html.escape(item["key"])} (<a href="{html.escape(item["nifti"])}">NIfTI</a>)</h3>'
+            stage = (f', <a href="{html.escape(item["stage"])}">on the stage\'s grid</a>' if "stage" in item else "")
+            parts.append(f'<h3>{html.escape(item["key"])} (<a href="{html.escape(item["nifti"])}">NIfTI</a>{stage})</h3>'
                          f'<img alt="{html.escape(item["key"])}" src="{html.escape(item["png"])}">')
         for item in entry["channels"]:
             parts.append(f'<h3>{html.escape(item["key"])}: channel weights</h3>'

@@ -8,7 +8,9 @@ engine-specific leaks past it:
   ``num_channels``, ``description``, ``roi`` and ``overlap`` of the sliding window;
 - ``weight_sets()``: loads each fold's weights in turn (one set for a MONAI checkpoint);
 - ``prepare(case)``, ``network_input(prepared)``, ``labels(prepared)`` (the prediction on
-  the input grid), ``to_input_grid(prepared, maps)`` and ``geometry(case, prepared)``.
+  the input grid), ``to_input_grid(prepared, maps)``, ``geometry(case, prepared)`` and
+  ``network_affine(case, prepared)`` (where the network's input voxels lie in physical
+  space, for the maps on each stage's own grid).
 
 :class:`MonaiSource` wraps :class:`~medattn.inference.monai_backend.MonaiBackend` (its
 transforms, and ``Invertd`` back to the input grid). :class:`NnUNetSource` wraps
@@ -78,6 +80,12 @@ class MonaiSource:
 
     def geometry(self, case, prepared):
         return prepared.geometry
+
+    def network_affine(self, case, prepared) -> np.ndarray:
+        """Network-input index (tensor order) -> physical LPS point: MONAI's affine after
+        ``Orientationd``/``Spacingd`` (RAS), with the first two world axes flipped."""
+        ras = np.asarray(prepared.data["image"].affine, dtype=float)
+        return np.diag([-1.0, -1.0] + [1.0] * (ras.shape[0] - 2)) @ ras
 
 
 class NnUNetSource:
@@ -163,3 +171,21 @@ class NnUNetSource:
         from medattn.data.io import read_header
 
         return read_header(case.files[0])
+
+    def network_affine(self, case, prepared) -> np.ndarray:
+        """Network-input index (transposed order) -> physical LPS point, the way
+        :meth:`to_input_grid` goes: resampling (voxel centres kept in place), the crop
+        box's offset, ``transpose_backward``, then the input file's geometry."""
+        properties = prepared.properties
+        resampled = np.asarray(prepared.data.shape[1:], dtype=float)
+        ndim = resampled.size
+        scale = np.asarray(properties["shape_after_cropping_and_before_resampling"], dtype=float) / resampled
+        start = np.asarray([low for low, _ in properties["bbox_used_for_cropping"]], dtype=float)
+        to_uncropped = np.eye(ndim + 1)
+        to_uncropped[:ndim, :ndim] = np.diag(scale)
+        to_uncropped[:ndim, ndim] = 0.5 * scale - 0.5 + start
+        untranspose = np.eye(ndim + 1)
+        untranspose[:ndim, :ndim] = 0
+        for network_axis, input_axis in enumerate(self.backend.plans_manager.transpose_forward):
+            untranspose[input_axis, network_axis] = 1
+        return self.geometry(case, prepared).index_to_physical() @ untranspose @ to_uncropped

@@ -20,6 +20,15 @@ A window without CLASS contributes zero.
 
 Channel weights (SE, ECA, DSM's C, CBAM's channel gate, DIA's hₜ) are averaged over the
 windows of a case.
+
+Stage grids (``stage_grids=True``): each map is also given on its block's own feature grid,
+placed in physical space. The stitched map on the network's input grid is averaged over
+blocks of the stage's stride (the window size over the feature size, per axis), and the
+grid's voxel k lies where the network-input voxels ``k·stride … k·stride + stride − 1``
+lie (their centre), through the source's ``network_affine``. Decision: these volumes keep
+the network's orientation and spacing (RAS-resampled for MONAI, the plans' spacing and
+transposition for nnU-Net) rather than the input's, so a viewer shows the stage's voxels
+as the network saw them, aligned with the input in physical space.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ class CaseExplanation:
         labels: the predicted label map on the input grid.
         image: the first input channel on its grid.
         geometry: the input file's geometry.
+        stage_grids: ``"block/map"`` -> (array, geometry) on the block's feature grid, when
+            asked for (maps computed at the network's input resolution are not repeated).
     """
 
     spatial: dict[str, np.ndarray]
@@ -50,6 +61,7 @@ class CaseExplanation:
     image: np.ndarray
     geometry: object
     notes: list[str] = field(default_factory=list)
+    stage_grids: dict[str, tuple[np.ndarray, object]] = field(default_factory=dict)
 
 
 class VolumeExplainer:
@@ -64,6 +76,7 @@ class VolumeExplainer:
         gradcam: a class value for Grad-CAM, or None.
         layer: qualified module name for Grad-CAM (default: the deepest encoder stage
             above the bottleneck).
+        stage_grids: also give each map on its block's own feature grid.
 
     Raises:
         ValueError: for a model without blocks to explain, an unknown layer or a class
@@ -71,7 +84,7 @@ class VolumeExplainer:
     """
 
     def __init__(self, source, device=None, blocks=None, tta: bool = True, gradcam: int | None = None,
-                 layer: str | None = None):
+                 layer: str | None = None, stage_grids: bool = False):
         from medattn.explain.capture import AttentionRecorder
         from medattn.explain.sources import open_source
 
@@ -79,7 +92,7 @@ class VolumeExplainer:
         self.network, self.flips = self.source.network, self.source.flips
         self.description, self.num_channels = self.source.description, self.source.num_channels
         self.recorder = AttentionRecorder(self.network, blocks)
-        self.gradcam = gradcam
+        self.gradcam, self.stage_grids = gradcam, stage_grids
         classes = self.source.num_classes
         if gradcam is not None and not 0 < gradcam < classes:
             raise ValueError(f"--gradcam {gradcam}: the network predicts classes 1..{classes - 1}")
@@ -121,7 +134,8 @@ class VolumeExplainer:
                 maps = sliding_window_inference(image, source.roi, 1, window, overlap=source.overlap, mode="gaussian")
                 stitched = maps if stitched is None else stitched + maps
                 sets += 1
-        spatial_on_input = source.to_input_grid(prepared, stitched[0] / sets)
+        stitched = stitched[0] / sets
+        spatial_on_input = source.to_input_grid(prepared, stitched)
         geometry = source.geometry(case, prepared)
         shape = tuple(geometry.shape)
         if tuple(spatial_on_input.shape[1:]) != shape or tuple(labels.shape) != shape:
@@ -132,7 +146,27 @@ class VolumeExplainer:
         notes = [f"{key}: zero everywhere (no window predicts the class, or its score falls with every positive "
                  "mix of the layer's channels; try another --layer)" for key, value in spatial.items()
                  if key.startswith("gradcam/") and not value.any()]
-        return CaseExplanation(spatial, channel, labels, read_image(case.files[0])[0], geometry, notes)
+        grids = _stage_grids(stitched, window, source.network_affine(case, prepared)) if self.stage_grids else {}
+        return CaseExplanation(spatial, channel, labels, read_image(case.files[0])[0], geometry, notes, grids)
+
+
+def _stage_grids(stitched: torch.Tensor, window: "_WindowMaps", network_affine: np.ndarray) -> dict:
+    """Each map with a stride above 1, pooled onto its feature grid, with that grid's geometry."""
+    from medattn.data.io import Geometry
+
+    grids = {}
+    pool = {1: torch.nn.functional.avg_pool1d, 2: torch.nn.functional.avg_pool2d, 3: torch.nn.functional.avg_pool3d}
+    for index, key in enumerate(window.keys):
+        stride = window.strides[key]
+        if all(s == 1 for s in stride):
+            continue
+        values = pool[len(stride)](stitched[None, index:index + 1].float(), stride, stride, ceil_mode=True)[0, 0]
+        to_network = np.eye(len(stride) + 1)
+        to_network[:-1, :-1] = np.diag(stride)
+        to_network[:-1, -1] = (np.asarray(stride) - 1) / 2
+        geometry = Geometry.from_index_to_physical(values.shape, network_affine @ to_network)
+        grids[key] = (values.cpu().numpy().astype(np.float32), geometry)
+    return grids
 
 
 class _WindowMaps:
@@ -144,6 +178,8 @@ class _WindowMaps:
         self.squeeze_depth = squeeze_depth
         self.keys: list[str] | None = None
         self.channel: dict[str, list[np.ndarray]] = {}
+        #: ``"block/map"`` -> window size over feature size, per axis of the network input
+        self.strides: dict[str, tuple[int, ...]] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.squeeze_depth:
@@ -169,16 +205,23 @@ class _WindowMaps:
         found = {}
         for name, record in explainer.recorder.records.items():
             for key, value in record.spatial.items():
+                self._keep_stride(f"{name}/{key}", value, x)
                 found[f"{name}/{key}"] = _resize(value.float(), x.shape[2:])
             for key, value in record.channel.items():
                 self.channel.setdefault(f"{name}/{key}", []).append(value.float().mean(0).cpu().numpy())
         if cam is not None:
-            found[f"gradcam/{explainer.layer_name}/class_{explainer.gradcam}"] = _resize(cam, x.shape[2:])
+            key = f"gradcam/{explainer.layer_name}/class_{explainer.gradcam}"
+            self._keep_stride(key, cam, x)
+            found[key] = _resize(cam, x.shape[2:])
         if self.keys is None:
             self.keys = sorted(found)
         if sorted(found) != self.keys:
             raise ValueError(f"the recorded maps changed between windows: {sorted(found)} vs {self.keys}")
         return torch.cat([found[k] for k in self.keys], dim=1)
+
+    def _keep_stride(self, key: str, value: torch.Tensor, x: torch.Tensor) -> None:
+        stride = tuple(max(1, round(w / f)) for w, f in zip(x.shape[2:], value.shape[2:]))
+        self.strides[key] = (1, *stride) if self.squeeze_depth else stride
 
 
 def _resize(value: torch.Tensor, size) -> torch.Tensor:

@@ -192,3 +192,20 @@ def test_list_images_sorts_and_skips_other_files(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.nrrd", "b.nii.gz", "c.nii"]
     with pytest.raises(FileNotFoundError, match="not a folder"):
         list_images(tmp_path / "absent")
+
+
+def test_index_to_physical_is_simpleitks_and_comes_back():
+    image = sitk.GetImageFromArray(_volume())
+    GEOMETRY.apply_to(image)
+    matrix = GEOMETRY.index_to_physical()
+    for index_zyx in [(0, 0, 0), (4, 5, 6), (2, 1, 3)]:
+        expected = image.TransformIndexToPhysicalPoint(tuple(int(i) for i in reversed(index_zyx)))
+        np.testing.assert_allclose((matrix @ [*index_zyx, 1.0])[:3], expected, atol=1e-9)
+    back = Geometry.from_index_to_physical(GEOMETRY.shape, matrix)
+    check_same_geometry(GEOMETRY, back, atol=1e-9, rtol=1e-9)
+    # an array with its axes in another order is the same grid in physical space
+    swapped = matrix[:, [2, 1, 0, 3]]
+    other = Geometry.from_index_to_physical(GEOMETRY.shape[::-1], swapped)
+    assert other.spacing == pytest.approx(GEOMETRY.spacing[::-1])
+    with pytest.raises(ValueError, match="non-orthogonal"):
+        Geometry.from_index_to_physical((2, 2, 2), np.array([[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))

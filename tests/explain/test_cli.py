@@ -14,6 +14,7 @@ from medattn.networks.builders import create
 from medattn.networks.training import save_checkpoint
 from medattn.networks.transforms import TransformConfig
 from tests.cli_help import help_text
+from tests.explain.stage_grids import assert_aligned
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def explained(checkpoint, tmp_path_factory):
     data = make_phantom_dataset(tmp_path_factory.mktemp("raw"), n_cases=2, seed=3, shape=(12, 24, 20))
     out = tmp_path_factory.mktemp("explain")
     code = main(["explain", "--model", str(checkpoint), "--input", str(data / "imagesTr"), "--out", str(out),
-                 "--gradcam", "1", "--no-tta", "--device", "cpu", "--no-progress"])
+                 "--gradcam", "1", "--no-tta", "--stage-grids", "--device", "cpu", "--no-progress"])
     assert code == 0
     return data, out
 
@@ -51,7 +52,7 @@ def test_every_map_has_the_geometry_of_its_input(explained):
     assert len(images) == 2
     for image in images:
         case = image.name.removesuffix("_0000.nii.gz")
-        maps = sorted((out / case).glob("*.nii.gz"))
+        maps = sorted(m for m in (out / case).glob("*.nii.gz") if not m.name.endswith("__stage.nii.gz"))
         names = {m.name for m in maps}
         assert {n for n in names if n.endswith("__S.nii.gz")} and {n for n in names if "gradcam" in n}
         reference = read_header(image)
@@ -62,6 +63,27 @@ def test_every_map_has_the_geometry_of_its_input(explained):
             assert np.isfinite(values).all()
         s_map = read_image(next(p for p in maps if p.name.endswith("__S.nii.gz")))[0]
         assert 0 < s_map.min() and s_map.max() < 1  # DSM's S is a sigmoid map
+
+
+@pytest.mark.slow
+def test_stage_grids_lie_where_the_input_grid_maps_lie(explained):
+    """Every map below the first stage also comes on its feature grid: the training spacing
+    (0.87, 0.87, 2.68) times an integer stride, and in physical space on top of the
+    input-grid map (SimpleITK resamples one onto the other)."""
+    _, out = explained
+    correlations = []
+    for case in sorted(p for p in out.iterdir() if p.is_dir()):
+        stages = sorted(case.glob("*__stage.nii.gz"))
+        assert any("__S__" in p.name for p in stages) and any(p.name.startswith("gradcam") for p in stages)
+        assert not any(p.name.startswith("encoder_0") or "input_block" in p.name for p in stages)  # stride 1
+        for path in stages:
+            spacing = sorted(read_header(path).spacing)
+            ratios = [s / t for s, t in zip(spacing, sorted([0.87, 0.87, 2.68]))]
+            assert all(abs(r - round(r)) < 1e-3 and round(r) >= 1 for r in ratios) and max(ratios) > 1.5, ratios
+            correlations.append(assert_aligned(path, case / path.name.replace("__stage.nii.gz", ".nii.gz")))
+    assert sum(c is not None for c in correlations) >= 4, correlations
+    page = (out / "index.html").read_text()
+    assert "__stage.nii.gz" in page
 
 
 @pytest.mark.slow

@@ -103,6 +103,10 @@ def test_bad_class_and_non_images_are_named(classifier, tmp_path, capsys):
     assert main(["explain", "--model", str(classifier), "--input", str(tmp_path), "--out", str(tmp_path / "o"),
                  "--gradcam", "7", "--no-progress"]) == 2
     assert "--gradcam 7" in capsys.readouterr().err
+    assert main(["explain", "--model", str(classifier), "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--stage-grids", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "--stage-grids" in error and "image model" in error
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     assert main(["explain", "--model", str(classifier), "--input", str(text), "--out", str(tmp_path / "o"),

@@ -20,20 +20,25 @@ pytestmark = pytest.mark.slow
 DSM_TRAINER = "nnUNetTrainerDSM_demo"
 
 
+def _explained_images(small_images):
+    """Two of the crops: each is explained with 8 mirrorings and Grad-CAM's backward passes."""
+    return sorted(small_images.glob("*_0000.nii.gz"))[:2]
+
+
 @pytest.fixture(scope="module")
 def explained(demo_out, small_images, tmp_path_factory):
     out = tmp_path_factory.mktemp("explain_nnunet")
-    code = main(["explain", "--model", str(model_dir(demo_out, DSM_TRAINER)), "--input", str(small_images),
-                 "--out", str(out), "--gradcam", "1", "--device", "cpu", "--no-progress"])
+    code = main(["explain", "--model", str(model_dir(demo_out, DSM_TRAINER)), "--input",
+                 *map(str, _explained_images(small_images)),
+                 "--out", str(out), "--gradcam", "1", "--stage-grids", "--device", "cpu", "--no-progress"])
     assert code == 0
     return out
 
 
 def test_every_map_has_the_input_geometry_and_dsm_maps_are_there(explained, small_images):
-    images = sorted(small_images.glob("*_0000.nii.gz"))
-    for image in images:
+    for image in _explained_images(small_images):
         case = image.name.removesuffix("_0000.nii.gz")
-        maps = sorted((explained / case).glob("*.nii.gz"))
+        maps = sorted(m for m in (explained / case).glob("*.nii.gz") if not m.name.endswith("__stage.nii.gz"))
         names = {m.name for m in maps}
         assert any(n.endswith("__S.nii.gz") for n in names) and any(n.endswith("__M_mean.nii.gz") for n in names)
         assert any(n.startswith("gradcam_") for n in names), names
@@ -47,6 +52,34 @@ def test_every_map_has_the_input_geometry_and_dsm_maps_are_there(explained, smal
     with open(explained / case / "channel_weights.csv", newline="") as handle:
         assert {row["map"] for row in csv.DictReader(handle)} == {"C"}
     assert "nnU-Net nnUNetTrainerDSM_demo" in (explained / "index.html").read_text()
+
+
+def test_stage_grids_have_the_plans_spacing_times_the_stride_and_lie_on_the_maps(explained, demo_out, small_images):
+    """nnU-Net's stage grids: in the network's axis order, the plans' spacing times the stage's
+    pooling stride, placed over the crop, matching the input-grid map after SimpleITK
+    resamples them."""
+    import json
+
+    from tests.explain.stage_grids import assert_aligned
+
+    plans = json.loads((model_dir(demo_out, DSM_TRAINER) / "plans.json").read_text())
+    configuration = plans["configurations"]["3d_fullres"]
+    spacing = np.asarray(configuration["spacing"])[::-1]  # the network's axes, in SimpleITK's index order
+    strides = np.cumprod(np.asarray(configuration["architecture"]["arch_kwargs"]["strides"]), axis=0)
+    strides_xyz = {tuple(s[::-1]) for s in strides}
+    checked = 0
+    for image in _explained_images(small_images):
+        case = explained / image.name.removesuffix("_0000.nii.gz")
+        stages = sorted(case.glob("*__stage.nii.gz"))
+        assert any("__S__" in p.name for p in stages)
+        for path in stages:
+            ratio = np.asarray(read_header(path).spacing) / spacing
+            # nnU-Net rounds the resampled shape, so its voxels are the plans' spacing only to
+            # within one voxel over the case (these crops are 20 slices deep: up to 3 %)
+            assert tuple(np.round(ratio).astype(int)) in strides_xyz
+            np.testing.assert_allclose(ratio, np.round(ratio), rtol=0.03)
+            checked += assert_aligned(path, case / path.name.replace("__stage.nii.gz", ".nii.gz")) is not None
+    assert checked >= 4
 
 
 def test_the_way_back_lines_up_the_preprocessed_image_with_the_input(demo_out, phantom_images):
@@ -84,10 +117,11 @@ def test_labels_are_what_medattn_predict_writes(demo_out, small_images, tmp_path
     from medattn.inference.naming import collect_inputs, group_cases
 
     output = tmp_path / "predicted"
-    assert main(["predict", "--model", str(model_dir(demo_out, DSM_TRAINER)), "--input", str(small_images),
+    image = _explained_images(small_images)[0]
+    assert main(["predict", "--model", str(model_dir(demo_out, DSM_TRAINER)), "--input", str(image),
                  "--output", str(output), "--device", "cpu", "--no-tta", "--no-progress"]) == 0
     source = NnUNetSource(model_dir(demo_out, DSM_TRAINER), None, torch.device("cpu"), tta=False)
-    case = group_cases(collect_inputs([small_images]), 1)[0][0]
+    case = group_cases(collect_inputs([image]), 1)[0][0]
     predicted, _ = read_image(case.label_path(output))
     np.testing.assert_array_equal(source.labels(source.prepare(case)), predicted)
 

@@ -87,10 +87,11 @@ def test_attention_network_keeps_stock_keys_and_loads_stock_weights(managers, tr
     torch.manual_seed(0)
     stock = _build(managers)
     network = _build(managers, trainer_name)
-    stock_keys, keys = set(stock.state_dict()), set(network.state_dict())
+    stock_state, state = stock.state_dict(), network.state_dict()
+    stock_keys, keys = set(stock_state), set(state)
     assert stock_keys < keys
     for key in stock_keys:
-        assert network.state_dict()[key].shape == stock.state_dict()[key].shape
+        assert state[key].shape == stock_state[key].shape
     missing = load_stock_weights(network, {"network_weights": stock.state_dict()})
     # BatchNorm fills in an absent num_batches_tracked itself, so it is never "missing".
     new_keys = {key for key in keys - stock_keys if not key.endswith("num_batches_tracked")} - {PLACEMENT_KEY}
@@ -218,8 +219,9 @@ def test_a_checkpoint_of_an_old_placement_is_refused_naming_the_trainer_that_has
         _build(managers, trainer_name).load_state_dict(state)
     network = _build(managers, replacement)
     network.load_state_dict(state)  # the replacement predicts as before: same weights, same places
+    loaded = network.state_dict()
     for key, value in state.items():
-        torch.testing.assert_close(network.state_dict()[key], value)
+        torch.testing.assert_close(loaded[key], value)
 
 
 def test_an_unchanged_trainer_loads_its_old_checkpoint_and_a_foreign_placement_is_refused(managers):
