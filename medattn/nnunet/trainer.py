@@ -91,6 +91,8 @@ class TrainingSchedule:
 
     #: How ``medattn nnunet list`` describes the schedule.
     schedule_name = "nnU-Net default"
+    #: nnU-Net's initial learning rate for this schedule (None: nnU-Net's own, 1e-2).
+    schedule_lr: float | None = None
 
     def __init__(
         self,
@@ -102,6 +104,8 @@ class TrainingSchedule:
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget()
+        if self.schedule_lr is not None:
+            self.initial_lr = self.schedule_lr
 
     @classmethod
     def budget(cls) -> tuple[int, int, int]:
@@ -308,19 +312,8 @@ class DemoSchedule(TrainingSchedule):
     #: 20-iteration memory instead of 100: at momentum 0.99 the demo's 48 iterations end
     #: before the momentum has built up, and the network learnt one organ of three
     #: (measured on the enhanced phantom: 0, 0.02 and 0.74 Dice for stock nnU-Net).
-    demo_lr = 0.05
+    schedule_lr = 0.05
     demo_momentum = 0.95
-
-    def __init__(
-        self,
-        plans: dict,
-        configuration: str,
-        fold: int,
-        dataset_json: dict,
-        device: torch.device = torch.device("cuda"),
-    ):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = self.demo_lr
 
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()

@@ -59,5 +59,5 @@ def test_demo_trainers_keep_nnunets_sgd_with_the_demo_momentum(demo_out):
                             weights_only=False)
     (group,) = checkpoint["optimizer_state"]["param_groups"]
     assert group["momentum"] == DemoSchedule.demo_momentum == 0.95 and group["nesterov"]
-    assert group["lr"] == pytest.approx(DemoSchedule.demo_lr)  # the poly schedule's first epoch
+    assert group["lr"] == pytest.approx(DemoSchedule.schedule_lr)  # the poly schedule's first epoch
     assert group["weight_decay"] == pytest.approx(3e-5)  # nnU-Net's own
