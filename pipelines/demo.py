@@ -53,7 +53,7 @@ TRAINERS = {"stock": "nnUNetTrainerStock_demo", "dsm": "nnUNetTrainerDSM_demo"}
 #: (the default) had learnt nothing after 20 epochs of the 6 phantom cases, AdamW at 3e-3
 #: reached a validation mean Dice of 0.26 in 12 (measured on the low-contrast phantom); 12
 #: epochs learnt only the largest organ of the enhanced one, hence 24.
-MONAI_EPOCHS = 24
+MONAI_EPOCHS = 48
 MONAI_NETWORK = '{"filters": [16, 32, 64, 128]}'
 #: Budgets: environment for the ``_demo`` trainers, and the MONAI path's epochs.
 SCHEDULES = {
