@@ -41,7 +41,8 @@ def explained(checkpoint, tmp_path_factory):
 
 def test_help_lists_the_options(capsys):
     text = help_text(capsys, "explain")
-    for option in ("--model", "--input", "--out", "--blocks", "--gradcam", "--layer", "--device", "--no-tta"):
+    for option in ("--model", "--input", "--out", "--blocks", "--gradcam", "--layer", "--device", "--no-tta",
+                   "--stage-grids"):
         assert option in text
 
 

@@ -42,7 +42,6 @@ def cascade(tmp_path_factory) -> dict:
     # "all"'s final validation (both stages predict every training case) is most of the time.
     make_phantom_dataset(raw, n_cases=2, n_test=2, seed=0, shape=(40, 96, 96), dataset_id=DATASET_ID)
     env = nnunet_environment(raw, preprocessed, results, n_proc=2)
-    env["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process, as in tests/nnunet/conftest.py
     run_nnunet("nnUNetv2_extract_fingerprint", ["-d", DATASET_ID, "-np", 2], env, timeout=600)
     run_nnunet("nnUNetv2_plan_experiment", ["-d", DATASET_ID, "-gpu_memory_target", 0.1], env, timeout=600)
     configurations = json.loads((preprocessed / DATASET / "nnUNetPlans.json").read_text())["configurations"]

@@ -22,10 +22,6 @@ def nnunet_dirs(tmp_path_factory) -> dict:
         folder.mkdir()
     make_phantom_dataset(dirs["raw"], n_cases=5, n_test=2, seed=0, shape=(24, 40, 40), dataset_id=DATASET_ID)
     env = nnunet_environment(dirs["raw"], dirs["preprocessed"], dirs["results"], n_proc=2)
-    # nnU-Net's augmentation in the training process: a smoke run's two iterations do not pay
-    # for starting worker processes (~4 s of ~20 s per training, measured). The smoke demo's
-    # trainings (tests/pipelines/test_demo.py) keep nnU-Net's worker processes.
-    env["nnUNet_n_proc_DA"] = "0"
     return {**dirs, "env": env}
 
 
