@@ -100,10 +100,8 @@ def ras_affine(geometry: Geometry):
         An (n+1, n+1) float64 numpy array for an n-dimensional image.
     """
     ndim = len(geometry.spacing)
-    direction = np.asarray(geometry.direction, dtype=float).reshape(ndim, ndim)
-    affine = np.eye(ndim + 1)
-    affine[:ndim, :ndim] = direction * np.asarray(geometry.spacing, dtype=float)
-    affine[:ndim, ndim] = geometry.origin
+    affine = geometry.index_to_physical()
+    affine[:ndim, :ndim] = affine[:ndim, :ndim][:, ::-1]  # SimpleITK's (x, y, z) index, MONAI's array order here
     lps_to_ras = np.diag([-1.0, -1.0] + [1.0] * (ndim - 1))
     return lps_to_ras @ affine
 
