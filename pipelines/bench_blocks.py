@@ -718,7 +718,7 @@ def network_goal_rows(records: list[dict]) -> list[dict]:
         row = {"preset": r["network"], "params_added": r["params"] - base["params"],
                "flops_ratio": r["vs_stock"]["flops_forward"], "infer_ratio": r["vs_stock"]["inference_time_s"]}
         if "inference_time_compiled_s" in r["vs_stock"]:
-            row["infer_ratio_compiled"] = r["vs_stock"]["inference_time_compiled_s"]
+            row["infer_compiled_ratio"] = r["vs_stock"]["inference_time_compiled_s"]
         rows.append(row)
     return rows
 

@@ -283,7 +283,10 @@ def goal_table(presets: list[dict], goals, compiled: bool) -> str:
         row = rows[preset]
         cells = [f"{what} (`{preset}`)", f"{'≤ ' + format(limit, 'g') + '×' if measure != 'params_added' else '0'}"]
         for suffix in ("",) + (("_compiled",) if compiled else ()):
-            key = measure + suffix if measure.endswith("ratio") and measure != "flops_ratio" else measure
+            # a time ratio has its compiled twin (infer_ratio -> infer_compiled_ratio); FLOPs and
+            # parameters are the same compiled or not
+            timed = measure.endswith("_ratio") and measure != "flops_ratio"
+            key = measure.removesuffix("_ratio") + suffix + "_ratio" if timed else measure
             value = row.get(key)
             if value is None:
                 cells += ["—", "—"]

@@ -383,3 +383,17 @@ def test_readme_parameter_counts_are_the_blocks():
     for name, count in rows:
         block = blocks.create(name, 256, spatial_dims=2)
         assert sum(p.numel() for p in block.parameters()) == int(count.replace(",", "")), name
+
+
+def test_network_goals_read_the_compiled_ratios_bench_blocks_records():
+    """bench blocks' network records feed bench image's goal table, compiled column included."""
+    from medattn.pipelines.bench_blocks import NETWORK_GOALS, network_goal_rows
+    from medattn.pipelines.bench_image import goal_table
+
+    stock = {"network": "resnet50", "params": 100, "vs_stock": {"flops_forward": 1.0, "inference_time_s": 1.0,
+                                                                 "inference_time_compiled_s": 1.0}}
+    sna = {"network": "+ SNA", "params": 100, "vs_stock": {"flops_forward": 1.0, "inference_time_s": 1.07,
+                                                           "inference_time_compiled_s": 1.01}}
+    table = goal_table(network_goal_rows([stock, sna]), NETWORK_GOALS, compiled=True)
+    line = next(row for row in table.splitlines() if "SNA-ResNet-50 at 224², inference" in row)
+    assert line.endswith("| ≤ 1.04× | 1.070× | **fail** | 1.010× | pass |"), line

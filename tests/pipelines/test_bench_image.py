@@ -36,3 +36,6 @@ def test_quick_bench_with_compile_adds_the_compiled_columns(tmp_path):
     text = out.read_text()
     assert "| goal | limit | eager | pass | compiled | pass |" in text and "trainer epoch" not in text
     assert re.search(r"\| `sna_resnet20` .* \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    # the inference goal has a measured compiled ratio and its verdict, not a placeholder
+    goal = next(line for line in text.splitlines() if line.startswith("| SNA-ResNet-20 at 32², inference"))
+    assert re.fullmatch(r"\| .* \| ≤ 1\.02× \| [\d.]+× \| (pass|\*\*fail\*\*) \| [\d.]+× \| (pass|\*\*fail\*\*) \|", goal), goal
