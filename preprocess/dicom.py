@@ -233,7 +233,15 @@ def _check_slice_gaps(reader, image, series: SeriesInfo) -> None:
     for index in range(len(series.files)):
         if not reader.HasMetaDataKey(index, "0020|0032"):
             return  # without Image Position there is nothing to check against
-        positions.append([float(v) for v in reader.GetMetaData(index, "0020|0032").split("\\")])
+        text = reader.GetMetaData(index, "0020|0032")
+        try:
+            position = [float(v) for v in text.split("\\")]
+        except ValueError:
+            position = []
+        if len(position) != 3 or not np.all(np.isfinite(position)):
+            raise ConversionError(f"{series.files[index]}: Image Position (Patient) (0020,0032) is {text.strip()!r}, "
+                                  "not three numbers; the slice cannot be placed in the volume")
+        positions.append(position)
     along = np.sort(np.asarray(positions) @ normal)
     gaps = np.diff(along)
     median = float(np.median(gaps))

@@ -155,3 +155,18 @@ def test_real_jpeg2000_series_aligns_with_its_label_in_physical_space(shared_dat
 def test_list_series_reports_the_anonymised_real_series(shared_data):
     series = dicom.list_series(shared_data / "ct-abdomen-example" / "dicom")
     assert len(series) == 1 and len(series[0].files) == 20 and series[0].modality == "CT"
+
+
+def test_a_garbled_image_position_is_named_by_file(tmp_path, capsys):
+    """Found by the reader fuzz: a slice whose Image Position (Patient) is not three numbers."""
+    write_series(tmp_path / "dcm", volume(), uid="1.2.3.4.9")
+    victim = sorted((tmp_path / "dcm").iterdir())[2]
+    header = pydicom.dcmread(victim)
+    del header[0x00200032]
+    header.add_new(0x00200032, "LO", "0>0 \\0\\0")  # what a flipped bit makes of "0.0\0\0"
+    header.save_as(victim)
+    out = tmp_path / "ct.nii.gz"
+    assert main(["convert", "dicom", "--src", str(tmp_path / "dcm"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert victim.name in err and "Image Position (Patient)" in err and "Traceback" not in err
+    assert not out.exists()
